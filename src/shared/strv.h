@@ -1,0 +1,23 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* NULL-terminated string vectors, and command-line splitting without a shell. */
+
+#include <stddef.h>
+
+#include "macro.h"
+
+/* Frees every string and the vector; accepts NULL; returns NULL. */
+char **strv_free(char **l);
+DEFINE_FREE_FUNC(char *, strv_free)
+#define _cleanup_strv_free_ _cleanup_(strv_freep)
+
+size_t strv_length(char *const *l);
+
+/*
+ * Splits a command line into words the way systemd's ExecStart= does for the common cases:
+ * words separated by blanks, "double" and 'single' quotes group, backslash escapes the next
+ * character. No variables, globs or other shell features. Returns 0 and a vector of at least one
+ * word, -EINVAL for an empty command or an unterminated quote, or -ENOMEM.
+ */
+int strv_split_command(const char *cmdline, char ***ret);

@@ -1,0 +1,72 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * The twin document model: pure functions over jansson values, no I/O, no logging above
+ * debug. Used by the agent (validation, change detection) and by twinctl (merge patch, diff).
+ * The rules are written down in docs/protocol.md.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+
+#define TWIN_DEVICE_ID_MAX      128
+#define TWIN_DESIRED_MAX_BYTES  (32 * 1024)
+#define TWIN_MAX_DEPTH          10
+#define TWIN_TOPIC_ROOT_DEFAULT "twins"
+/* Longest JSON number we accept as $version: a non-negative integer that fits in int64. */
+#define TWIN_VERSION_MAX INT64_MAX
+
+/* Whether id is 1..128 characters of A-Z a-z 0-9 - . _ : */
+bool twin_device_id_is_valid(const char *id);
+
+/* Whether root is a usable MQTT topic prefix: non-empty, no wildcards, no leading or trailing '/'.
+ */
+bool twin_topic_root_is_valid(const char *root);
+
+/*
+ * Parses and validates a desired document received from the broker: at most
+ * TWIN_DESIRED_MAX_BYTES, valid UTF-8 without NUL, a JSON object, nesting at most
+ * TWIN_MAX_DEPTH, "$version" a non-negative integer, no property key (at any depth) starting
+ * with '$' other than the top-level "$version". On success stores the document in *ret and
+ * returns 0. On failure returns -EINVAL (or -E2BIG for size, -ENOMEM) and writes a one-line
+ * reason that names the problem into err; when the $version could still be read it is stored in
+ * *ret_version, otherwise *ret_version is set to -1.
+ */
+int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *ret_version,
+                       char *err, size_t errlen);
+
+/* Validates a property object (no '$' keys at any depth, depth limit); same error contract. */
+int twin_properties_validate(const json_t *props, char *err, size_t errlen);
+
+/* Returns the "$version" of a document, or -1 if absent or not a non-negative integer. */
+int64_t twin_document_version(const json_t *doc);
+
+/* Returns a new object holding doc's properties without the top-level keys that start with '$'. */
+json_t *twin_properties(const json_t *doc);
+
+/* Borrowed "configId" of a property object, or NULL. */
+json_t *twin_config_id(const json_t *props);
+
+/*
+ * The change rule: desired properties ask for an apply when their configId differs from the
+ * applied one, or, when they carry no configId, when the properties differ from the applied ones.
+ */
+bool twin_needs_apply(const json_t *desired_props, const json_t *applied_props);
+
+/* RFC 7396 JSON merge patch applied to *target in place (null deletes). Returns 0 or -ENOMEM. */
+int twin_merge_patch(json_t *target, const json_t *patch);
+
+/* Returns a new array of the top-level property keys (not '$' keys) whose values differ between a
+ * and b, sorted; either side may be NULL (treated as empty). */
+json_t *twin_diff_keys(const json_t *a, const json_t *b);
+
+/* Writes "now" (or t when >= 0, seconds since the epoch) as ISO 8601 UTC, "2026-11-26T09:41:58Z".
+ */
+void twin_format_time(int64_t t, char buf[static 32]);
+
+/* Renders a configId for logs, the journal and the environment (strings bare, others as JSON).
+ * Returns a malloc'd string, "" for NULL, or NULL on ENOMEM. */
+char *twin_config_id_to_string(const json_t *config_id);

@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * The agent's persistent state: what it applied and what it answered, in one JSON file
+ * (state.json) in the state directory, replaced atomically. Encoding and decoding are pure;
+ * load and save do the I/O. Format in docs/protocol.md, "State file".
+ */
+
+#include <stdint.h>
+#include <jansson.h>
+
+#include "macro.h"
+
+#define TWIN_STATE_FILE_NAME "state.json"
+#define TWIN_STATE_FORMAT    1
+#define TWIN_STATE_MAX_BYTES (256 * 1024)
+/* The reported $version is reserved in blocks so that a publish needs no fsync of its own. */
+#define TWIN_STATE_VERSION_RESERVE 64
+
+typedef struct TwinState {
+        json_t *applied;          /* applied properties (object, never NULL) */
+        int64_t desired_version;  /* the desired $version last answered; -1 none */
+        int64_t reported_version; /* the last reported $version published (or reserved) */
+        json_t *status;           /* the last $status object published; NULL none */
+} TwinState;
+
+/* Empty state: applied {}, desired_version -1, reported_version 0, status NULL. */
+int twin_state_new(TwinState **ret);
+TwinState *twin_state_free(TwinState *s);
+DEFINE_FREE_FUNC(TwinState, twin_state_free)
+
+/* A deep copy (for keeping the old state while a save is attempted). */
+int twin_state_copy(const TwinState *s, TwinState **ret);
+
+/* Pure: serialise to a malloc'd NUL-terminated JSON text. Returns 0 or -ENOMEM. */
+int twin_state_encode(const TwinState *s, char **ret);
+
+/* Pure: parse text (len bytes). Returns 0, or -EINVAL / -E2BIG with a reason in err. */
+int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, size_t errlen);
+
+/*
+ * Loads dir/state.json. A missing file gives empty state and 0. A stale temporary file from an
+ * interrupted save is removed. A file that cannot be read or decoded is renamed to
+ * state.json.corrupt-<UTC time> (never overwritten), the reason goes to err, and the return is
+ * -EBADMSG with empty state in *ret so the caller can start fresh and log it.
+ */
+int twin_state_load(const char *dir, TwinState **ret, char **ret_kept_aside, char *err,
+                    size_t errlen);
+
+/* Atomically replaces dir/state.json: temp file in dir, write, fsync, rename, fsync dir. On any
+ * failure the old file stays intact, the temp file is removed and a negative errno returned. */
+int twin_state_save(const char *dir, const TwinState *s);
