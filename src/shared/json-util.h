@@ -7,10 +7,7 @@
 
 #include "macro.h"
 
-static inline void json_decrefp(json_t **j)
-{
-        json_decref(*j);
-}
+/* json_decrefp() comes from jansson itself (>= 2.9, GNU C), which resets the pointer too. */
 #define _cleanup_json_ _cleanup_(json_decrefp)
 
 /* Serialise compactly with stable key order; returns a malloc'd string or NULL on ENOMEM. */
