@@ -1,2 +1,897 @@
 /* SPDX-License-Identifier: MIT */
+/*
+ * The agent's core: the change rule, applying, persisting, reporting. The rules implemented here
+ * are written down in docs/protocol.md, "Agent behaviour"; keep the two in step.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "json-util.h"
+#include "log.h"
+#include "strv.h"
+#include "twin-model.h"
+#include "twind-apply.h"
+#include "twind-dialect.h"
 #include "twind-manager.h"
+#include "twind-state.h"
+
+#define ERROR_MAX 1536
+
+/* A desired document that arrived while an apply ran; only the newest is kept. */
+typedef struct HeldDesired {
+        char *payload;
+        size_t len;
+} HeldDesired;
+
+struct Manager {
+        uv_loop_t *loop;
+        TwindConfig *config;
+        char **apply_argv; /* NULL: accept configurations as they are */
+        char *password;
+
+        TwinState *state;
+        /* The last reported $version published; state->reported_version is the reserved
+         * ceiling on disk, always >= this. */
+        int64_t reported_version;
+
+        TwinDialect *dialect;
+        bool connected;
+        bool ever_connected;
+        time_t connected_since;
+        uint64_t retry_in_ms;
+
+        json_t *desired; /* the last valid desired document received */
+
+        ApplyJob *job;
+        json_t *applying; /* the desired document being applied */
+        HeldDesired held;
+        bool reapply_queued;
+
+        char *last_error;
+        uint64_t n_reconnects, n_applies, n_failures;
+        uint64_t started_usec;
+
+        bool shutting_down;
+        void (*shutdown_done)(void *userdata);
+        void *shutdown_userdata;
+
+        manager_event_fn event_fn;
+        void *event_userdata;
+        manager_status_fn status_fn;
+        void *status_userdata;
+        char *status_text;
+};
+
+static void manager_process_desired(Manager *m, const void *payload, size_t len);
+
+/* ---- small helpers ----------------------------------------------------------------------- */
+
+static const char *device_id(const Manager *m)
+{
+        return m->config->device_id;
+}
+
+static void set_last_error(Manager *m, const char *error)
+{
+        free(m->last_error);
+        m->last_error = error ? strdup(error) : NULL;
+}
+
+static void set_status_text(Manager *m, const char *fmt, ...) _printf_(2, 3);
+static void set_status_text(Manager *m, const char *fmt, ...)
+{
+        _cleanup_free_ char *text = NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (vasprintf(&text, fmt, ap) < 0)
+                text = NULL;
+        va_end(ap);
+        if (!text || (m->status_text && strcmp(text, m->status_text) == 0))
+                return;
+        free(m->status_text);
+        m->status_text = TAKE_PTR(text);
+        if (m->status_fn)
+                m->status_fn(m->status_text, m->status_userdata);
+}
+
+static char *applied_config_id_string(const Manager *m)
+{
+        return twin_config_id_to_string(twin_config_id(m->state->applied));
+}
+
+/* STATUS= for systemd: what the agent is doing right now. */
+static void update_status_text(Manager *m)
+{
+        _cleanup_free_ char *cid = NULL;
+
+        if (m->shutting_down) {
+                set_status_text(m, "shutting down");
+                return;
+        }
+        if (m->applying) {
+                cid = twin_config_id_to_string(twin_config_id(m->applying));
+                set_status_text(m, "applying configId %s (desired $version %" PRId64 ")",
+                                cid && *cid ? cid : "(none)", twin_document_version(m->applying));
+                return;
+        }
+        if (!m->connected) {
+                if (m->retry_in_ms > 0)
+                        set_status_text(m, "broker %s unreachable, retrying in %" PRIu64 " s",
+                                        twin_dialect_address(m->dialect),
+                                        (m->retry_in_ms + 999) / 1000);
+                else
+                        set_status_text(m, "connecting to %s", twin_dialect_address(m->dialect));
+                return;
+        }
+        cid = applied_config_id_string(m);
+        if (cid && *cid)
+                set_status_text(m, "connected to %s, configId %s applied",
+                                twin_dialect_address(m->dialect), cid);
+        else
+                set_status_text(m, "connected to %s, no configuration applied yet",
+                                twin_dialect_address(m->dialect));
+}
+
+/* Sends an event to the listener: {"event": name, "time": ..., extra fields...}. Steals extra. */
+static void emit_event(Manager *m, const char *name, json_t *extra)
+{
+        _cleanup_json_ json_t *ev = extra ? extra : json_object();
+        char now[32];
+
+        if (!ev || !m->event_fn)
+                return;
+        twin_format_time(-1, now);
+        json_object_set_new(ev, "event", json_string(name));
+        json_object_set_new(ev, "time", json_string(now));
+        m->event_fn(ev, m->event_userdata);
+}
+
+static LogFields apply_fields(const Manager *m, const char *config_id, int64_t version)
+{
+        return (LogFields){
+                .device_id = device_id(m),
+                .config_id = config_id,
+                .desired_version = version,
+        };
+}
+
+/* A $status object for the answered desired document. */
+static json_t *make_status(const char *state, int64_t desired_version, const json_t *config_id,
+                           const json_t *pending, const char *error)
+{
+        _cleanup_json_ json_t *s = json_object();
+        char now[32];
+
+        if (!s)
+                return NULL;
+        twin_format_time(-1, now);
+        json_object_set_new(s, "state", json_string(state));
+        if (desired_version >= 0)
+                json_object_set_new(s, "desiredVersion", json_integer(desired_version));
+        if (config_id)
+                json_object_set(s, "configId", (json_t *)config_id);
+        if (pending)
+                json_object_set(s, "pendingConfig", (json_t *)pending);
+        if (error)
+                json_object_set_new(s, "error", json_string(error));
+        json_object_set_new(s, "updatedAt", json_string(now));
+        return TAKE_PTR(s);
+}
+
+static void set_status(Manager *m, json_t *status)
+{
+        json_decref(m->state->status);
+        m->state->status = status;
+}
+
+/* Saves the state, reserving the next block of reported $version numbers with it. */
+static int save_state(Manager *m)
+{
+        int64_t saved_ceiling = m->state->reported_version;
+        int r;
+
+        if (m->state->reported_version < m->reported_version + TWIN_STATE_VERSION_RESERVE)
+                m->state->reported_version = m->reported_version + TWIN_STATE_VERSION_RESERVE;
+        r = twin_state_save(m->config->state_dir, m->state);
+        if (r < 0)
+                m->state->reported_version = saved_ceiling;
+        return r;
+}
+
+/* Publishes the reported document: applied properties, $version, $status. Offline is fine: the
+ * document is published again from state on the next connect. */
+static void publish_reported(Manager *m)
+{
+        _cleanup_json_ json_t *doc = NULL;
+        _cleanup_free_ char *text = NULL;
+        int64_t version = m->reported_version + 1;
+        int r;
+
+        if (!m->connected || m->shutting_down)
+                return;
+
+        if (version > m->state->reported_version) {
+                /* Out of reserved numbers: reserve the next block before using one, so a restart
+                 * never reuses a $version that was published. */
+                r = save_state(m);
+                if (r < 0) {
+                        log_error_errno(r,
+                                        "Cannot reserve reported $version numbers in %s, not "
+                                        "publishing the reported document",
+                                        m->config->state_dir);
+                        return;
+                }
+        }
+
+        doc = json_deep_copy(m->state->applied);
+        if (!doc)
+                goto oom;
+        json_object_set_new(doc, "$version", json_integer(version));
+        if (m->state->status)
+                json_object_set(doc, "$status", m->state->status);
+        text = json_dumps_compact(doc);
+        if (!text)
+                goto oom;
+
+        r = twin_dialect_publish_reported(m->dialect, text, strlen(text));
+        if (r < 0) {
+                log_warning_errno(r, "Failed to publish the reported document, will publish it "
+                                     "again on the next connect");
+                return;
+        }
+        m->reported_version = version;
+        log_debug("Published reported $version %" PRId64, version);
+        return;
+oom:
+        log_error_errno(-ENOMEM, "Failed to build the reported document");
+}
+
+/* ---- applying ---------------------------------------------------------------------------- */
+
+static void finish_apply(Manager *m, int error, const char *message);
+
+static void on_apply_done(ApplyJob *job, int error, const char *message, void *userdata)
+{
+        Manager *m = userdata;
+
+        /* message belongs to the job: finish first, free after. finish_apply() may start the next
+         * apply, which sets m->job again. */
+        m->job = NULL;
+        finish_apply(m, error, message);
+        apply_job_free(job);
+}
+
+static void start_apply(Manager *m, json_t *doc)
+{
+        _cleanup_json_ json_t *props = twin_properties(doc);
+        _cleanup_free_ char *input = NULL, *cid = NULL;
+        int64_t version = twin_document_version(doc);
+        json_t *config_id;
+        LogFields f;
+        int r;
+
+        if (!props) {
+                log_error_errno(-ENOMEM, "Failed to start the apply");
+                return;
+        }
+        config_id = twin_config_id(props);
+        cid = twin_config_id_to_string(config_id);
+        f = apply_fields(m, cid, version);
+
+        m->applying = json_incref(doc);
+        m->n_applies++;
+        log_full(LOG_INFO, 0, &f, "Applying configId %s (desired $version %" PRId64 ")",
+                 cid && *cid ? cid : "(none)", version);
+
+        set_status(m, make_status("pending", version, config_id, props, NULL));
+        publish_reported(m);
+        update_status_text(m);
+        emit_event(
+            m, "apply-started",
+            json_pack("{s:I, s:O?}", "desiredVersion", (json_int_t)version, "configId", config_id));
+
+        if (!m->apply_argv) {
+                finish_apply(m, 0, NULL);
+                return;
+        }
+
+        input = json_dumps_compact(props);
+        if (!input) {
+                finish_apply(m, -ENOMEM, "out of memory");
+                return;
+        }
+        ApplyRequest req = {
+                .argv = m->apply_argv,
+                .input = input,
+                .input_len = strlen(input),
+                .device_id = device_id(m),
+                .config_id = cid ? cid : "",
+                .desired_version = version,
+                .timeout_usec = m->config->apply_timeout_usec,
+        };
+        r = apply_job_start(&m->job, m->loop, &req, on_apply_done, m);
+        if (r < 0) {
+                char msg[512];
+
+                snprintf(msg, sizeof(msg), "cannot run apply command '%s': %s", m->apply_argv[0],
+                         strerror(-r));
+                finish_apply(m, r, msg);
+        }
+}
+
+/* The apply of m->applying ended: persist and report success, or report the failure and keep
+ * the previous configuration. Then look at what arrived meanwhile. */
+static void finish_apply(Manager *m, int error, const char *message)
+{
+        _cleanup_json_ json_t *doc = TAKE_PTR(m->applying);
+        _cleanup_json_ json_t *props = twin_properties(doc);
+        _cleanup_free_ char *cid = NULL;
+        _cleanup_free_ char *save_error = NULL;
+        int64_t version = twin_document_version(doc);
+        json_t *config_id = props ? twin_config_id(props) : NULL;
+        LogFields f;
+        int r;
+
+        cid = twin_config_id_to_string(config_id);
+        f = apply_fields(m, cid, version);
+
+        if (error == 0 && props) {
+                _cleanup_(twin_state_freep) TwinState *old = NULL;
+
+                r = twin_state_copy(m->state, &old);
+                if (r < 0) {
+                        error = r;
+                        message = "out of memory";
+                } else {
+                        json_decref(m->state->applied);
+                        m->state->applied = json_incref(props);
+                        m->state->desired_version = version;
+                        set_status(m, make_status("success", version, config_id, NULL, NULL));
+                        r = save_state(m);
+                        if (r < 0) {
+                                /* Nothing is applied that is not on disk: go back to the old state
+                                 * and fail the apply with the reason. */
+                                twin_state_free(m->state);
+                                m->state = TAKE_PTR(old);
+                                if (asprintf(&save_error, "cannot save state in %s: %s",
+                                             m->config->state_dir, strerror(-r)) < 0)
+                                        save_error = NULL;
+                                error = r;
+                                message = save_error ? save_error : "cannot save state";
+                        }
+                }
+        } else if (error == 0) {
+                error = -ENOMEM;
+                message = "out of memory";
+        }
+
+        if (error == 0) {
+                log_full(LOG_INFO, 0, &f, "Applied configId %s (desired $version %" PRId64 ")",
+                         cid && *cid ? cid : "(none)", version);
+                set_last_error(m, NULL);
+        } else {
+                m->n_failures++;
+                log_full(LOG_ERR, 0, &f,
+                         "Failed to apply configId %s (desired $version %" PRId64 "): %s",
+                         cid && *cid ? cid : "(none)", version,
+                         message ? message : "unknown error");
+                set_last_error(m, message);
+                m->state->desired_version = version;
+                set_status(m, make_status("failed", version, config_id, NULL,
+                                          message ? message : "unknown error"));
+                r = save_state(m);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to save the failed status, ignoring");
+        }
+
+        publish_reported(m);
+        emit_event(m, "apply-finished",
+                   json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion", (json_int_t)version,
+                             "configId", config_id, "result", error == 0 ? "success" : "failed",
+                             "error", error == 0 ? NULL : message));
+        update_status_text(m);
+
+        if (m->shutting_down)
+                return;
+
+        /* What arrived while this apply ran: only the newest document counts. */
+        if (m->held.payload) {
+                HeldDesired held = m->held;
+
+                m->held = (HeldDesired){ 0 };
+                m->reapply_queued = false;
+                manager_process_desired(m, held.payload, held.len);
+                free(held.payload);
+        } else if (m->reapply_queued && m->desired) {
+                m->reapply_queued = false;
+                start_apply(m, m->desired);
+        }
+}
+
+/* ---- desired documents ------------------------------------------------------------------- */
+
+/* A refused document: report failed naming the problem, unless this exact refusal is what the
+ * device already reports (a redelivery). */
+static void refuse_desired(Manager *m, int64_t version, const char *reason)
+{
+        const json_t *st = m->state->status;
+        LogFields f = apply_fields(m, NULL, version);
+        int r;
+
+        if (st && version == m->state->desired_version &&
+            json_is_string(json_object_get(st, "state")) &&
+            strcmp(json_string_value(json_object_get(st, "state")), "failed") == 0 &&
+            json_is_string(json_object_get(st, "error")) &&
+            strcmp(json_string_value(json_object_get(st, "error")), reason) == 0) {
+                log_debug("Refused desired document delivered again, already reported");
+                return;
+        }
+
+        m->n_failures++;
+        log_full(LOG_ERR, 0, &f, "Refusing desired document: %s", reason);
+        set_last_error(m, reason);
+        if (version >= 0)
+                m->state->desired_version = version;
+        set_status(m, make_status("failed", version, NULL, NULL, reason));
+        r = save_state(m);
+        if (r < 0)
+                log_warning_errno(r, "Failed to save the refusal, ignoring");
+        publish_reported(m);
+        update_status_text(m);
+}
+
+static bool status_is_failed_for(const Manager *m, int64_t version, const json_t *config_id)
+{
+        const json_t *st = m->state->status;
+        const json_t *state;
+
+        if (!st || version != m->state->desired_version)
+                return false;
+        state = json_object_get(st, "state");
+        if (!json_is_string(state) || strcmp(json_string_value(state), "failed") != 0)
+                return false;
+        return json_equal(json_object_get(st, "configId"), (json_t *)config_id) ||
+               (!config_id && !json_object_get(st, "configId"));
+}
+
+static void manager_process_desired(Manager *m, const void *payload, size_t len)
+{
+        _cleanup_json_ json_t *doc = NULL, *props = NULL;
+        char err[512];
+        int64_t version;
+        json_t *config_id;
+        int r;
+
+        r = twin_desired_parse(payload, len, &doc, &version, err, sizeof(err));
+        if (r < 0) {
+                if (r == -ENOMEM)
+                        snprintf(err, sizeof(err), "out of memory");
+                refuse_desired(m, version, err);
+                return;
+        }
+
+        json_decref(m->desired);
+        m->desired = json_incref(doc);
+
+        props = twin_properties(doc);
+        if (!props) {
+                log_error_errno(-ENOMEM, "Failed to process the desired document");
+                return;
+        }
+        config_id = twin_config_id(props);
+
+        if (version < m->state->desired_version)
+                log_warning("Desired $version went backwards (%" PRId64 " after %" PRId64
+                            "); the change rule decides",
+                            version, m->state->desired_version);
+
+        if (twin_needs_apply(props, m->state->applied)) {
+                if (status_is_failed_for(m, version, config_id)) {
+                        log_info("Desired $version %" PRId64 " already failed; not retrying it "
+                                 "(twinctl reapply retries)",
+                                 version);
+                        return;
+                }
+                start_apply(m, doc);
+                return;
+        }
+
+        if (version != m->state->desired_version) {
+                /* Asks for nothing new: answer it, so a waiting service sees convergence. */
+                _cleanup_free_ char *cid = twin_config_id_to_string(config_id);
+                LogFields f = apply_fields(m, cid, version);
+
+                log_full(LOG_INFO, 0, &f,
+                         "Desired $version %" PRId64 " asks for no change (configId %s applied)",
+                         version, cid && *cid ? cid : "(none)");
+                m->state->desired_version = version;
+                set_status(m, make_status("success", version, config_id, NULL, NULL));
+                r = save_state(m);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to save state, ignoring");
+                publish_reported(m);
+                return;
+        }
+
+        log_debug("Desired $version %" PRId64 " already answered", version);
+}
+
+/* ---- dialect callbacks ------------------------------------------------------------------- */
+
+static void on_connected(TwinDialect *d, void *userdata)
+{
+        Manager *m = userdata;
+
+        if (m->ever_connected)
+                m->n_reconnects++;
+        m->ever_connected = true;
+        m->connected = true;
+        m->retry_in_ms = 0;
+        m->connected_since = time(NULL);
+        log_info("Connected to %s as device %s", twin_dialect_address(d), device_id(m));
+        /* The broker may have lost its store: it holds our reported document again. */
+        publish_reported(m);
+        update_status_text(m);
+        emit_event(m, "connected", json_pack("{s:s}", "broker", twin_dialect_address(d)));
+}
+
+static void on_disconnected(TwinDialect *d, int error, const char *reason, uint64_t retry_in_ms,
+                            void *userdata)
+{
+        Manager *m = userdata;
+        bool was_connected = m->connected;
+
+        m->connected = false;
+        m->retry_in_ms = retry_in_ms;
+        if (reason && error != 0)
+                set_last_error(m, reason);
+
+        if (was_connected || !m->ever_connected)
+                log_warning("%s %s: %s; retrying in %" PRIu64 " s",
+                            was_connected ? "Lost connection to" : "Cannot connect to",
+                            twin_dialect_address(d), reason ? reason : "unknown reason",
+                            (retry_in_ms + 999) / 1000);
+        else
+                log_debug("Still cannot connect to %s: %s; retrying in %" PRIu64 " ms",
+                          twin_dialect_address(d), reason ? reason : "unknown reason", retry_in_ms);
+        update_status_text(m);
+        if (was_connected)
+                emit_event(m, "disconnected", json_pack("{s:s?}", "reason", reason));
+}
+
+static void on_desired(TwinDialect *d, const void *payload, size_t len, void *userdata)
+{
+        Manager *m = userdata;
+        int64_t version = -1;
+        _cleanup_json_ json_t *peek = json_loadb(payload, len, 0, NULL);
+
+        if (peek)
+                version = twin_document_version(peek);
+        emit_event(m, "desired-received",
+                   json_pack("{s:I}", "desiredVersion", (json_int_t)version));
+
+        if (m->applying) {
+                char *copy = malloc(len);
+
+                if (!copy) {
+                        log_error_errno(-ENOMEM, "Failed to hold a desired document");
+                        return;
+                }
+                memcpy(copy, payload, len);
+                free(m->held.payload);
+                m->held = (HeldDesired){ .payload = copy, .len = len };
+                log_debug("Holding desired $version %" PRId64 " until the running apply ends",
+                          version);
+                return;
+        }
+        manager_process_desired(m, payload, len);
+}
+
+/* ---- lifecycle --------------------------------------------------------------------------- */
+
+static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_argv,
+                                char **ret_password)
+{
+        _cleanup_strv_free_ char **argv = NULL;
+        _cleanup_free_ char *password = NULL;
+        char err[512];
+        int r;
+
+        if (config->apply_command) {
+                r = strv_split_command(config->apply_command, &argv);
+                if (r < 0)
+                        return log_error_errno(r, "[apply] command: cannot split '%s'",
+                                               config->apply_command);
+        }
+        r = twind_config_read_password(config, &password, err, sizeof(err));
+        if (r < 0)
+                return log_error_errno(r, "%s", err);
+
+        *ret_argv = TAKE_PTR(argv);
+        *ret_password = TAKE_PTR(password);
+        return 0;
+}
+
+static int manager_make_dialect(Manager *m)
+{
+        static const TwinDialectCallbacks callbacks = {
+                .connected = on_connected,
+                .disconnected = on_disconnected,
+                .desired = on_desired,
+        };
+        const TwindConfig *c = m->config;
+        char err[512] = "";
+        int r;
+
+        TwinDialectOptions o = {
+                .url = c->broker_url,
+                .username = c->username,
+                .password = m->password,
+                .cafile = c->cafile,
+                .certfile = c->certfile,
+                .keyfile = c->keyfile,
+                .keepalive = (int)c->keepalive,
+                .topic_root = c->topic_root,
+                .device_id = c->device_id,
+        };
+        r = twin_dialect_new(&m->dialect, m->loop, &o, &callbacks, m, err, sizeof(err));
+        if (r < 0)
+                return log_error_errno(r, "Cannot set up the broker connection: %s", err);
+        return 0;
+}
+
+int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config)
+{
+        _cleanup_(manager_freep) Manager *m = NULL;
+        _cleanup_free_ char *kept = NULL;
+        char err[512] = "";
+        int r;
+
+        m = calloc(1, sizeof(*m));
+        if (!m) {
+                twind_config_free(config);
+                return log_error_errno(-ENOMEM, "Failed to allocate the agent");
+        }
+        m->loop = loop;
+        m->config = config;
+        m->started_usec = uv_hrtime() / 1000;
+
+        r = manager_setup_config(m, config, &m->apply_argv, &m->password);
+        if (r < 0)
+                return r;
+
+        r = twin_state_load(config->state_dir, &m->state, &kept, err, sizeof(err));
+        if (r == -EBADMSG)
+                log_error("State file in %s is unusable (%s); kept aside as %s, starting from "
+                          "empty state",
+                          config->state_dir, err, kept ? kept : "(could not rename it)");
+        else if (r < 0)
+                return log_error_errno(r, "Cannot load state from %s: %s", config->state_dir, err);
+        m->reported_version = m->state->reported_version;
+
+        r = manager_make_dialect(m);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(m);
+        return 0;
+}
+
+int manager_start(Manager *m)
+{
+        _cleanup_free_ char *cid = applied_config_id_string(m);
+        int r;
+
+        log_info("twind for device %s, broker %s, state in %s, configId %s applied", device_id(m),
+                 twin_dialect_address(m->dialect), m->config->state_dir,
+                 cid && *cid ? cid : "(none)");
+        r = twin_dialect_start(m->dialect);
+        if (r < 0)
+                return log_error_errno(r, "Cannot start connecting to %s",
+                                       twin_dialect_address(m->dialect));
+        update_status_text(m);
+        return 0;
+}
+
+static bool streq_null(const char *a, const char *b)
+{
+        if (!a || !b)
+                return a == b;
+        return strcmp(a, b) == 0;
+}
+
+static bool broker_settings_changed(const TwindConfig *a, const TwindConfig *b)
+{
+        return !streq_null(a->broker_url, b->broker_url) || !streq_null(a->username, b->username) ||
+               !streq_null(a->password_file, b->password_file) ||
+               !streq_null(a->cafile, b->cafile) || !streq_null(a->certfile, b->certfile) ||
+               !streq_null(a->keyfile, b->keyfile) || a->keepalive != b->keepalive ||
+               !streq_null(a->topic_root, b->topic_root);
+}
+
+int manager_reload(Manager *m, TwindConfig *config)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = config;
+        _cleanup_strv_free_ char **argv = NULL;
+        _cleanup_free_ char *password = NULL;
+        bool reconnect;
+        int r;
+
+        /* The device id and the state directory name what the state file means, and the control
+         * socket is already bound: changing them needs a restart. Keep the running values. */
+        if (!streq_null(c->device_id, m->config->device_id)) {
+                log_warning("[device] id changed; the new id takes effect on restart, ignoring");
+                r = twind_config_set_string(&c->device_id, m->config->device_id);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to reload the configuration");
+        }
+        if (!streq_null(c->state_dir, m->config->state_dir)) {
+                log_warning("[state] directory changed; it takes effect on restart, ignoring");
+                r = twind_config_set_string(&c->state_dir, m->config->state_dir);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to reload the configuration");
+        }
+        if (!streq_null(c->control_socket, m->config->control_socket)) {
+                log_warning("[control] socket changed; it takes effect on restart, ignoring");
+                r = twind_config_set_string(&c->control_socket, m->config->control_socket);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to reload the configuration");
+        }
+
+        r = manager_setup_config(m, c, &argv, &password);
+        if (r < 0)
+                return r;
+
+        reconnect = broker_settings_changed(m->config, c) || !streq_null(password, m->password);
+
+        strv_free(m->apply_argv);
+        m->apply_argv = TAKE_PTR(argv);
+        if (m->password)
+                explicit_bzero(m->password, strlen(m->password));
+        free(m->password);
+        m->password = TAKE_PTR(password);
+        twind_config_free(m->config);
+        m->config = TAKE_PTR(c);
+
+        if (reconnect) {
+                log_info("Broker settings changed, reconnecting");
+                m->dialect = twin_dialect_free(m->dialect);
+                m->connected = false;
+                r = manager_make_dialect(m);
+                if (r < 0)
+                        return r;
+                r = twin_dialect_start(m->dialect);
+                if (r < 0)
+                        return log_error_errno(r, "Cannot start connecting");
+        }
+        log_info("Configuration reloaded");
+        update_status_text(m);
+        return 0;
+}
+
+static void on_dialect_shut_down(void *userdata)
+{
+        Manager *m = userdata;
+        void (*done)(void *) = m->shutdown_done;
+
+        m->shutdown_done = NULL;
+        if (done)
+                done(m->shutdown_userdata);
+}
+
+void manager_shutdown(Manager *m, uint64_t deadline_ms, void (*done)(void *userdata),
+                      void *userdata)
+{
+        int r;
+
+        m->shutting_down = true;
+        m->shutdown_done = done;
+        m->shutdown_userdata = userdata;
+        update_status_text(m);
+
+        if (m->job) {
+                /* The interrupted configuration was not applied: the state file still holds the
+                 * previous one, and the desired document is applied again after the restart. */
+                log_warning("Stopping the running apply");
+                m->job = apply_job_free(m->job);
+                json_decref(TAKE_PTR(m->applying));
+        }
+
+        r = twin_dialect_shutdown(m->dialect, deadline_ms, on_dialect_shut_down, m);
+        if (r < 0)
+                on_dialect_shut_down(m);
+}
+
+void manager_set_event_listener(Manager *m, manager_event_fn fn, void *userdata)
+{
+        m->event_fn = fn;
+        m->event_userdata = userdata;
+}
+
+void manager_set_status_listener(Manager *m, manager_status_fn fn, void *userdata)
+{
+        m->status_fn = fn;
+        m->status_userdata = userdata;
+        if (fn && m->status_text)
+                fn(m->status_text, userdata);
+}
+
+json_t *manager_status_json(Manager *m)
+{
+        const json_t *st = m->state->status;
+        char since[32];
+        json_t *state = st ? json_object_get(st, "state") : NULL;
+
+        if (m->connected)
+                twin_format_time(m->connected_since, since);
+
+        return json_pack(
+            "{s:s, s:s, s:b, s:s?, s:O?, s:O, s:O?, s:s, s:I, s:I, s:s?, s:I, s:s?,"
+            " s:{s:I, s:I, s:I}}",
+            "deviceId", device_id(m), "broker", twin_dialect_address(m->dialect), "connected",
+            m->connected, "connectedSince", m->connected ? since : NULL, "configId",
+            twin_config_id(m->state->applied), "applied", m->state->applied, "status", st, "state",
+            m->applying ? "applying" : (json_is_string(state) ? json_string_value(state) : "idle"),
+            "desiredVersion", (json_int_t)m->state->desired_version, "reportedVersion",
+            (json_int_t)m->reported_version, "lastError", m->last_error, "uptimeSeconds",
+            (json_int_t)((uv_hrtime() / 1000 - m->started_usec) / 1000000), "statusText",
+            m->status_text, "counters", "reconnects", (json_int_t)m->n_reconnects, "applies",
+            (json_int_t)m->n_applies, "failures", (json_int_t)m->n_failures);
+}
+
+json_t *manager_twin_json(Manager *m)
+{
+        _cleanup_json_ json_t *reported = json_deep_copy(m->state->applied);
+
+        if (!reported)
+                return NULL;
+        json_object_set_new(reported, "$version", json_integer(m->reported_version));
+        if (m->state->status)
+                json_object_set(reported, "$status", m->state->status);
+        return json_pack("{s:O?, s:O}", "desired", m->desired, "reported", reported);
+}
+
+int manager_reapply(Manager *m)
+{
+        if (!m->desired)
+                return -ENOENT;
+        log_info("Re-applying desired $version %" PRId64 " on request",
+                 twin_document_version(m->desired));
+        if (m->applying) {
+                m->reapply_queued = true;
+                return 0;
+        }
+        start_apply(m, m->desired);
+        return 0;
+}
+
+const TwindConfig *manager_config(const Manager *m)
+{
+        return m->config;
+}
+
+Manager *manager_free(Manager *m)
+{
+        if (!m)
+                return NULL;
+        apply_job_free(m->job);
+        twin_dialect_free(m->dialect);
+        json_decref(m->applying);
+        json_decref(m->desired);
+        free(m->held.payload);
+        twin_state_free(m->state);
+        strv_free(m->apply_argv);
+        if (m->password) {
+                explicit_bzero(m->password, strlen(m->password));
+                free(m->password);
+        }
+        twind_config_free(m->config);
+        free(m->last_error);
+        free(m->status_text);
+        free(m);
+        return NULL;
+}
