@@ -1,2 +1,410 @@
 /* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "json-util.h"
+#include "macro.h"
 #include "twin-model.h"
+#include "utf8.h"
+
+/* Longest piece of untrusted text (a key, a value) quoted in an error message. */
+#define QUOTE_MAX 64
+
+static int set_err(int r, char *err, size_t errlen, const char *fmt, ...) _printf_(4, 5);
+static int set_err(int r, char *err, size_t errlen, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!err || errlen == 0)
+                return r;
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+        /* Messages quote input and may be cut short; they end up in a JSON string and a log line.
+         */
+        utf8_sanitize_line(err);
+        return r;
+}
+
+bool twin_device_id_is_valid(const char *id)
+{
+        size_t n = 0;
+
+        if (!id)
+                return false;
+        for (const char *p = id; *p; p++, n++) {
+                char c = *p;
+                if (n >= TWIN_DEVICE_ID_MAX)
+                        return false;
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '-' || c == '.' || c == '_' || c == ':'))
+                        return false;
+        }
+        return n > 0;
+}
+
+bool twin_topic_root_is_valid(const char *root)
+{
+        size_t n;
+
+        if (!root)
+                return false;
+        n = strlen(root);
+        if (n == 0 || root[0] == '/' || root[n - 1] == '/')
+                return false;
+        return !strpbrk(root, "+#");
+}
+
+/* One step of the path to a value, for error messages: an object key or an array index. */
+typedef struct PathSegment {
+        const char *key; /* NULL for an array element */
+        size_t index;
+} PathSegment;
+
+static void path_format(const PathSegment *segs, size_t n, char *buf, size_t size)
+{
+        size_t len = 0;
+
+        buf[0] = '\0';
+        for (size_t i = 0; i < n && len < size; i++) {
+                int k;
+                if (segs[i].key)
+                        k = snprintf(buf + len, size - len, "%s%.*s", i > 0 ? "." : "", QUOTE_MAX,
+                                     segs[i].key);
+                else
+                        k = snprintf(buf + len, size - len, "[%zu]", segs[i].index);
+                if (k < 0)
+                        break;
+                len += (size_t)k;
+        }
+}
+
+/* Walks a container at nesting level depth (the document is level 1), refusing '$' keys and
+ * nesting past TWIN_MAX_DEPTH. segs holds the path to v (n entries, room for TWIN_MAX_DEPTH). */
+static int check_container(const json_t *v, unsigned depth, PathSegment *segs, size_t n,
+                           bool allow_version, char *err, size_t errlen)
+{
+        char path[256];
+        int r;
+
+        if (depth > TWIN_MAX_DEPTH) {
+                path_format(segs, n, path, sizeof(path));
+                return set_err(-EINVAL, err, errlen,
+                               "objects and arrays nest more than %d levels deep at %s",
+                               TWIN_MAX_DEPTH, path);
+        }
+
+        if (json_is_object(v)) {
+                const char *key;
+                json_t *child;
+
+                json_object_foreach ((json_t *)v, key, child) {
+                        if (key[0] == '$' && !(allow_version && strcmp(key, "$version") == 0)) {
+                                if (n == 0)
+                                        return set_err(-EINVAL, err, errlen,
+                                                       "property key \"%.*s\" begins with '$'",
+                                                       QUOTE_MAX, key);
+                                path_format(segs, n, path, sizeof(path));
+                                return set_err(-EINVAL, err, errlen,
+                                               "property key \"%.*s\" at %s begins with '$'",
+                                               QUOTE_MAX, key, path);
+                        }
+                        if (!json_is_object(child) && !json_is_array(child))
+                                continue;
+                        segs[n] = (PathSegment){ .key = key };
+                        r = check_container(child, depth + 1, segs, n + 1, false, err, errlen);
+                        if (r < 0)
+                                return r;
+                }
+        } else if (json_is_array(v)) {
+                size_t i;
+                json_t *child;
+
+                json_array_foreach (v, i, child) {
+                        if (!json_is_object(child) && !json_is_array(child))
+                                continue;
+                        segs[n] = (PathSegment){ .index = i };
+                        r = check_container(child, depth + 1, segs, n + 1, false, err, errlen);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static const char *json_type_name(const json_t *v)
+{
+        switch (json_typeof(v)) {
+        case JSON_OBJECT:
+                return "an object";
+        case JSON_ARRAY:
+                return "an array";
+        case JSON_STRING:
+                return "a string";
+        case JSON_INTEGER:
+                return "an integer";
+        case JSON_REAL:
+                return "a real number";
+        case JSON_TRUE:
+        case JSON_FALSE:
+                return "a boolean";
+        case JSON_NULL:
+                return "null";
+        }
+        return "an unknown value";
+}
+
+/* Why v is not a usable "$version", for the error message. */
+static int version_err(const json_t *v, char *err, size_t errlen)
+{
+        _cleanup_free_ char *dump = NULL;
+
+        if (json_is_integer(v))
+                return set_err(
+                    -EINVAL, err, errlen,
+                    "\"$version\" must be a non-negative integer, got %" JSON_INTEGER_FORMAT,
+                    json_integer_value(v));
+        if (json_is_object(v) || json_is_array(v) || json_is_null(v))
+                return set_err(-EINVAL, err, errlen,
+                               "\"$version\" must be a non-negative integer, got %s",
+                               json_type_name(v));
+        dump = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+        if (!dump)
+                return -ENOMEM;
+        return set_err(-EINVAL, err, errlen,
+                       "\"$version\" must be a non-negative integer, got %s %.*s",
+                       json_type_name(v), QUOTE_MAX, dump);
+}
+
+int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *ret_version,
+                       char *err, size_t errlen)
+{
+        _cleanup_json_ json_t *doc = NULL;
+        PathSegment segs[TWIN_MAX_DEPTH];
+        json_error_t jerr;
+        const json_t *v;
+        size_t off;
+        int r;
+
+        if (ret_version)
+                *ret_version = -1;
+        if (!payload && len > 0)
+                return set_err(-EINVAL, err, errlen, "desired document is missing");
+
+        /* Checked before parsing, so the reasons are ours and precise, and jansson never sees
+         * more than the limit. */
+        if (len > TWIN_DESIRED_MAX_BYTES)
+                return set_err(-E2BIG, err, errlen, "desired document is %zu bytes, limit %d", len,
+                               TWIN_DESIRED_MAX_BYTES);
+        if (len == 0)
+                return set_err(-EINVAL, err, errlen, "desired document is empty");
+        if (memchr(payload, '\0', len)) {
+                off = (size_t)((const char *)memchr(payload, '\0', len) - (const char *)payload);
+                return set_err(-EINVAL, err, errlen,
+                               "desired document contains a NUL byte at byte offset %zu", off);
+        }
+        off = utf8_invalid_offset(payload, len);
+        if (off < len)
+                return set_err(-EINVAL, err, errlen, "invalid UTF-8 at byte offset %zu", off);
+
+        doc = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
+        if (!doc) {
+                switch (json_error_code(&jerr)) {
+                case json_error_out_of_memory:
+                        return -ENOMEM;
+                case json_error_stack_overflow:
+                        return set_err(-EINVAL, err, errlen,
+                                       "objects and arrays nest more than %d levels deep",
+                                       TWIN_MAX_DEPTH);
+                default:
+                        return set_err(
+                            -EINVAL, err, errlen,
+                            "desired document is not valid JSON: %s (line %d, column %d)",
+                            jerr.text, jerr.line, jerr.column);
+                }
+        }
+        if (!json_is_object(doc))
+                return set_err(-EINVAL, err, errlen, "desired document is %s, not an object",
+                               json_type_name(doc));
+
+        v = json_object_get(doc, "$version");
+        if (!v)
+                return set_err(-EINVAL, err, errlen, "\"$version\" is missing");
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+                return version_err(v, err, errlen);
+        /* Known from here on, even if the rest is refused: the report can name the request. */
+        if (ret_version)
+                *ret_version = json_integer_value(v);
+
+        r = check_container(doc, 1, segs, 0, true, err, errlen);
+        if (r < 0)
+                return r;
+
+        *ret = TAKE_PTR(doc);
+        return 0;
+}
+
+int twin_properties_validate(const json_t *props, char *err, size_t errlen)
+{
+        PathSegment segs[TWIN_MAX_DEPTH];
+
+        if (!json_is_object(props))
+                return set_err(-EINVAL, err, errlen, "properties are %s, not an object",
+                               props ? json_type_name(props) : "missing");
+        return check_container(props, 1, segs, 0, false, err, errlen);
+}
+
+int64_t twin_document_version(const json_t *doc)
+{
+        const json_t *v = json_object_get(doc, "$version");
+
+        if (!json_is_integer(v) || json_integer_value(v) < 0)
+                return -1;
+        return json_integer_value(v);
+}
+
+json_t *twin_properties(const json_t *doc)
+{
+        _cleanup_json_ json_t *props = json_object();
+        const char *key;
+        json_t *v;
+
+        if (!props)
+                return NULL;
+        if (!json_is_object(doc))
+                return TAKE_PTR(props);
+        json_object_foreach ((json_t *)doc, key, v) {
+                if (key[0] == '$')
+                        continue;
+                /* A deep copy: the caller may patch the result without touching doc. */
+                if (json_object_set_new(props, key, json_deep_copy(v)) < 0)
+                        return NULL;
+        }
+        return TAKE_PTR(props);
+}
+
+json_t *twin_config_id(const json_t *props)
+{
+        return json_object_get(props, "configId");
+}
+
+/* Whether a and b hold the same properties, ignoring '$' keys; NULL counts as empty. */
+static bool properties_equal(const json_t *a, const json_t *b)
+{
+        const char *key;
+        json_t *v;
+
+        json_object_foreach ((json_t *)a, key, v)
+                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                        return false;
+        json_object_foreach ((json_t *)b, key, v)
+                if (key[0] != '$' && !json_object_get(a, key))
+                        return false;
+        return true;
+}
+
+bool twin_needs_apply(const json_t *desired_props, const json_t *applied_props)
+{
+        const json_t *desired_id = twin_config_id(desired_props);
+
+        if (desired_id)
+                return !json_equal(desired_id, twin_config_id(applied_props));
+        return !properties_equal(desired_props, applied_props);
+}
+
+int twin_merge_patch(json_t *target, const json_t *patch)
+{
+        const char *key;
+        json_t *pv;
+
+        if (!json_is_object(target) || !json_is_object(patch))
+                return -EINVAL;
+
+        json_object_foreach ((json_t *)patch, key, pv) {
+                json_t *tv = json_object_get(target, key);
+
+                if (json_is_null(pv)) {
+                        json_object_del(target, key);
+                        continue;
+                }
+                if (json_is_object(pv)) {
+                        int r;
+
+                        /* RFC 7396: a member that is not an object is replaced by {} and patched,
+                         * which also drops nulls nested in the patch. */
+                        if (!json_is_object(tv)) {
+                                tv = json_object();
+                                if (!tv || json_object_set_new(target, key, tv) < 0)
+                                        return -ENOMEM;
+                        }
+                        r = twin_merge_patch(tv, pv);
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                if (json_object_set_new(target, key, json_deep_copy(pv)) < 0)
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+static int strcmp_ptr(const void *a, const void *b)
+{
+        return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+json_t *twin_diff_keys(const json_t *a, const json_t *b)
+{
+        _cleanup_json_ json_t *result = json_array();
+        _cleanup_free_ const char **keys = NULL;
+        size_t n = 0;
+        const char *key;
+        json_t *v;
+
+        if (!result)
+                return NULL;
+        if (!json_is_object(a))
+                a = NULL;
+        if (!json_is_object(b))
+                b = NULL;
+        keys = calloc(json_object_size(a) + json_object_size(b) + 1, sizeof(char *));
+        if (!keys)
+                return NULL;
+
+        json_object_foreach ((json_t *)a, key, v)
+                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                        keys[n++] = key;
+        json_object_foreach ((json_t *)b, key, v)
+                if (key[0] != '$' && !json_object_get(a, key))
+                        keys[n++] = key;
+
+        qsort(keys, n, sizeof(char *), strcmp_ptr);
+        for (size_t i = 0; i < n; i++)
+                if (json_array_append_new(result, json_string(keys[i])) < 0)
+                        return NULL;
+        return TAKE_PTR(result);
+}
+
+void twin_format_time(int64_t t, char buf[static 32])
+{
+        struct tm tm;
+        time_t tt = t >= 0 ? (time_t)t : time(NULL);
+
+        if (!gmtime_r(&tt, &tm) || strftime(buf, 32, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+                /* Only for times beyond year 2^31: not worth an error path for callers. */
+                snprintf(buf, 32, "%s", "9999-12-31T23:59:59Z");
+}
+
+char *twin_config_id_to_string(const json_t *config_id)
+{
+        if (!config_id)
+                return strdup("");
+        if (json_is_string(config_id))
+                return strndup(json_string_value(config_id), json_string_length(config_id));
+        return json_dumps_compact(config_id);
+}

@@ -56,7 +56,9 @@ json_t *twin_config_id(const json_t *props);
  */
 bool twin_needs_apply(const json_t *desired_props, const json_t *applied_props);
 
-/* RFC 7396 JSON merge patch applied to *target in place (null deletes). Returns 0 or -ENOMEM. */
+/* RFC 7396 JSON merge patch applied to the object target in place (null deletes, nested objects
+ * merge). Returns 0, -EINVAL when target or patch is not an object, or -ENOMEM (target may then
+ * be partly patched). */
 int twin_merge_patch(json_t *target, const json_t *patch);
 
 /* Returns a new array of the top-level property keys (not '$' keys) whose values differ between a
