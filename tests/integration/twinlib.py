@@ -121,42 +121,50 @@ class Broker:
 
 APPLY_SCRIPT = r'''
 import json, os, sys, time
-# Records one invocation: argv, stdin, the TWIN_* environment; then behaves as its arguments say.
-args = sys.argv[1:]
-opts = {"log": None, "sleep": 0.0, "exit": 0, "stderr": ""}
-while args:
-    k = args.pop(0).lstrip("-")
-    opts[k] = args.pop(0)
+# Records one invocation (argv, stdin, the TWIN_* environment, pid), then behaves as the
+# behaviour file next to it says (rewritten by the test between applies).
+log, behaviour = sys.argv[1], sys.argv[2]
 data = sys.stdin.read()
 rec = {
     "argv": sys.argv,
     "stdin": data,
     "env": {k: v for k, v in os.environ.items() if k.startswith("TWIN_")},
+    "pid": os.getpid(),
     "start": time.time(),
 }
-with open(opts["log"], "a") as f:
+with open(log, "a") as f:
     f.write(json.dumps(rec) + "\n")
-time.sleep(float(opts["sleep"]))
-if opts["stderr"]:
-    sys.stderr.write(opts["stderr"])
+try:
+    with open(behaviour) as f:
+        b = json.load(f)
+except FileNotFoundError:
+    b = {}
+time.sleep(b.get("sleep", 0))
+if b.get("stderr"):
+    sys.stderr.write(b["stderr"])
     sys.stderr.flush()
-sys.exit(int(opts["exit"]))
+sys.exit(b.get("exit", 0))
 '''
 
 
 class ApplyScript:
-    """An apply command that records each invocation (one JSON line) in a log file."""
+    """An apply command that records each invocation (one JSON line) in a log file and whose
+    behaviour (sleep seconds, exit status, stderr text) the test sets with behave()."""
 
-    def __init__(self, directory, name="apply", sleep=0.0, exit=0, stderr=""):
+    def __init__(self, directory, name="apply", **behaviour):
         self.script = os.path.join(directory, name + ".py")
         self.log = os.path.join(directory, name + ".log")
+        self.behaviour = os.path.join(directory, name + ".behaviour.json")
         with open(self.script, "w") as f:
             f.write(APPLY_SCRIPT)
-        words = [PYTHON, self.script, "--log", self.log, "--sleep", str(sleep), "--exit", str(exit)]
-        if stderr:
-            assert " " not in stderr and '"' not in stderr, "keep stderr one plain word"
-            words += ["--stderr", stderr]
-        self.command = " ".join(words)
+        self.behave(**behaviour)
+        self.command = f"{PYTHON} {self.script} {self.log} {self.behaviour}"
+
+    def behave(self, sleep=0.0, exit=0, stderr=""):
+        tmp = self.behaviour + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"sleep": sleep, "exit": exit, "stderr": stderr}, f)
+        os.rename(tmp, self.behaviour)
 
     def calls(self):
         try:
