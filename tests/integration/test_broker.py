@@ -1,0 +1,66 @@
+# SPDX-License-Identifier: MIT
+"""The broker comes and goes: the agent reconnects and republishes from local state, survives
+a broker that is down at start, and its MQTT will reports it offline when it vanishes."""
+
+from twinlib import props, settle
+
+DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
+
+
+def test_broker_restart_agent_reconnects_and_republishes(agent, service, broker, make_apply):
+    apply = make_apply()
+    agent.configure("apply", "command", apply.command)
+    agent.start()
+    service.wait_connection("online")
+    service.publish(DOC)
+    service.wait_status("success", 1)
+
+    cmark = service.connection_mark()
+    mark = service.mark()
+    broker.stop()
+    settle(1)
+    agent.assert_alive()
+    broker.start()
+    service.wait_connected()
+
+    # The restarted broker starts empty (persistence false): whatever arrives now was
+    # published again by the agent.
+    service.wait_connection("online", cmark, timeout=20)
+    doc = service.wait_status("success", 1, mark, timeout=20)
+    assert props(doc) == props(DOC), doc
+    assert len(apply.calls()) == 1
+
+    # The agent subscribed again: a new desired document applies.
+    mark = service.mark()
+    service.publish({"$version": 2, "configId": 2, "sendFrequency": "1m"})
+    doc = service.wait_status("success", 2, mark)
+    assert props(doc) == {"configId": 2, "sendFrequency": "1m"}, doc
+    assert len(apply.calls()) == 2
+
+
+def test_broker_down_at_start(agent, service, broker, make_apply):
+    apply = make_apply()
+    agent.configure("apply", "command", apply.command)
+    broker.stop()
+    agent.start()
+    settle(2.5)
+    # Not fatal: the agent keeps retrying.
+    agent.assert_alive()
+
+    broker.start()
+    service.wait_connected()
+    service.publish(DOC)
+    service.wait_connection("online", timeout=20)
+    doc = service.wait_status("success", 1, timeout=20)
+    assert props(doc) == props(DOC), doc
+    assert apply.inputs() == [props(DOC)]
+
+
+def test_will_reports_offline_when_agent_vanishes(agent, service):
+    # keepalive 5 s (the fixture's): the broker notices within 1.5 keepalives.
+    agent.start()
+    service.wait_connection("online")
+    cmark = service.connection_mark()
+    agent.kill()
+    service.wait_connection("offline", cmark, timeout=15)
+    assert service.connection_since(cmark)[-1] == {"state": "offline"}
