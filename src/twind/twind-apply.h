@@ -18,7 +18,8 @@ typedef struct ApplyJob ApplyJob;
 
 /* Called once when the job is over. error is 0 on exit 0, otherwise a negative errno
  * (-ETIMEDOUT when killed for the timeout, -ECHILD for a non-zero exit or a signal); message
- * describes the failure ("exit status 3: <stderr tail>", "timed out after 60 s", ...) or is
+ * describes the failure on one line ("apply command exited with status 3: <stderr tail>",
+ * "apply command was killed by signal 9 (Killed)", "apply command timed out after 60 s") or is
  * NULL on success. The job may be freed from inside the callback. */
 typedef void (*apply_done_fn)(ApplyJob *job, int error, const char *message, void *userdata);
 
@@ -29,7 +30,7 @@ typedef struct ApplyRequest {
         const char *device_id;
         const char *config_id; /* rendered for the environment; "" when none */
         int64_t desired_version;
-        uint64_t timeout_usec;
+        uint64_t timeout_usec; /* 0: no timeout */
 } ApplyRequest;
 
 /* Spawns the command. On failure to spawn returns a negative errno and the callback never runs. */
