@@ -16,8 +16,10 @@ size_t strv_length(char *const *l);
 
 /*
  * Splits a command line into words the way systemd's ExecStart= does for the common cases:
- * words separated by blanks, "double" and 'single' quotes group, backslash escapes the next
- * character. No variables, globs or other shell features. Returns 0 and a vector of at least one
- * word, -EINVAL for an empty command or an unterminated quote, or -ENOMEM.
+ * words separated by blanks (space, tab, newline), "double" and 'single' quotes group (and may
+ * make an empty word: ""), backslash escapes the next character outside single quotes; inside
+ * single quotes everything is literal, as in the shell. No variables, globs or other shell
+ * features. Returns 0 and a vector of at least one word, -EINVAL for an empty command, an
+ * unterminated quote or a trailing backslash, or -ENOMEM.
  */
 int strv_split_command(const char *cmdline, char ***ret);
