@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: MIT */
+#include <errno.h>
+#include <stdbool.h>
+
+#include "broker-url.h"
+#include "test-util.h"
+
+static void check_ok(int line, const char *url, const char *host, int port, bool tls)
+{
+        BrokerUrl u = { 0 };
+        char err[256] = "";
+        int r = broker_url_parse(url, &u, err, sizeof(err));
+
+        if (r != 0 || !u.host || strcmp(u.host, host) != 0 || u.port != port || u.tls != tls) {
+                fprintf(stderr, "%s:%d: <%s> gave r=%d host=%s port=%d tls=%d (%s)\n", __FILE__,
+                        line, url, r, u.host ? u.host : "(null)", u.port, u.tls, err);
+                test_failures++;
+        }
+        broker_url_done(&u);
+        CHECK(u.host == NULL);
+        broker_url_done(&u); /* twice is harmless */
+}
+
+/* Expects a refusal whose message contains reason and quotes the URL. */
+static void check_refused(int line, const char *url, const char *reason)
+{
+        BrokerUrl u = { 0 };
+        char err[256] = "";
+        int r = broker_url_parse(url, &u, err, sizeof(err));
+
+        if (r != -EINVAL || u.host || !strstr(err, reason) || (url && !strstr(err, url)) ||
+            strchr(err, '\n')) {
+                fprintf(stderr, "%s:%d: <%s> gave r=%d err=<%s>, expected -EINVAL and <%s>\n",
+                        __FILE__, line, url ? url : "(null)", r, err, reason);
+                test_failures++;
+        }
+        broker_url_done(&u);
+}
+
+int main(void)
+{
+        check_ok(__LINE__, "mqtt://127.0.0.1:1883", "127.0.0.1", 1883, false);
+        check_ok(__LINE__, "mqtt://broker.example.com", "broker.example.com", 1883, false);
+        check_ok(__LINE__, "mqtts://broker.example.com", "broker.example.com", 8883, true);
+        check_ok(__LINE__, "mqtts://broker:18883", "broker", 18883, true);
+        check_ok(__LINE__, "mqtt://localhost/", "localhost", 1883, false);
+        check_ok(__LINE__, "MQTT://Host_1:1", "Host_1", 1, false);
+        check_ok(__LINE__, "mqtt://h:65535", "h", 65535, false);
+        check_ok(__LINE__, "mqtt://[::1]:1884", "::1", 1884, false);
+        check_ok(__LINE__, "mqtts://[2001:db8::7]", "2001:db8::7", 8883, true);
+        check_ok(__LINE__, "mqtt://[fe80::1%eth0]:1883/", "fe80::1%eth0", 1883, false);
+        check_ok(__LINE__, "mqtt://[::ffff:192.0.2.1]", "::ffff:192.0.2.1", 1883, false);
+
+        check_refused(__LINE__, "", "it is empty");
+        check_refused(__LINE__, NULL, "it is empty");
+        check_refused(__LINE__, "tcp://broker:1883", "unsupported scheme");
+        check_refused(__LINE__, "http://broker", "unsupported scheme");
+        check_refused(__LINE__, "broker:1883", "no scheme");
+        check_refused(__LINE__, "mqtt://", "no host");
+        check_refused(__LINE__, "mqtt://:1883", "no host");
+        check_refused(__LINE__, "mqtt://[]:1883", "is not an IPv6 address");
+        check_refused(__LINE__, "mqtt://h:0", "port must be 1..65535");
+        check_refused(__LINE__, "mqtt://h:65536", "port must be 1..65535");
+        check_refused(__LINE__, "mqtt://h:99999999999999999999", "port must be 1..65535");
+        check_refused(__LINE__, "mqtt://h:", "empty port");
+        check_refused(__LINE__, "mqtt://h:-1", "port is not a number");
+        check_refused(__LINE__, "mqtt://h:12a", "port is not a number");
+        check_refused(__LINE__, "mqtt://h:1883/twins", "a path, query or fragment");
+        check_refused(__LINE__, "mqtt://h//", "a path, query or fragment");
+        check_refused(__LINE__, "mqtt://h?x=1", "a path, query or fragment");
+        check_refused(__LINE__, "mqtt://h#frag", "a path, query or fragment");
+        check_refused(__LINE__, "mqtt://user:secret@h:1883", "user info is not supported");
+        check_refused(__LINE__, "mqtt://::1:1883", "put an IPv6 address in brackets");
+        check_refused(__LINE__, "mqtt://[::1:1883", "closing ']'");
+        check_refused(__LINE__, "mqtt://[::g]:1883", "is not an IPv6 address");
+        check_refused(__LINE__, "mqtt://[::1]x", "unexpected text after the host");
+        check_refused(__LINE__, "mqtt://bro ker", "invalid character ' '");
+        check_refused(__LINE__, "mqtt://h\xc3\xa9", "invalid character '?'");
+
+        /* A refused URL leaves *ret untouched. */
+        BrokerUrl u = { .host = NULL, .port = 42, .tls = true };
+        char err[16];
+        CHECK_INT_EQ(broker_url_parse("mqtt://h:0", &u, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(u.port, 42);
+        /* A short buffer is still terminated. */
+        CHECK_INT_EQ(strlen(err), sizeof(err) - 1);
+        return test_exit("test-broker-url");
+}
