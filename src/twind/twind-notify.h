@@ -11,10 +11,16 @@
 
 typedef struct Notifier Notifier;
 
+/* Starts the watchdog pings when systemd asked for them; succeeds (doing nothing) otherwise. */
 int notifier_new(Notifier **ret, uv_loop_t *loop);
+/* READY=1: started, or done reloading. n may be NULL (all functions here accept it). */
 void notifier_ready(Notifier *n);
+/* STATUS=: one line shown by systemctl status; newlines become spaces, long text is cut. */
 void notifier_status(Notifier *n, const char *status);
+/* RELOADING=1 with MONOTONIC_USEC=, as Type=notify-reload wants; send READY=1 when done. */
 void notifier_reloading(Notifier *n);
+/* STOPPING=1: shutting down. */
 void notifier_stopping(Notifier *n);
+/* Stops the pings; the memory goes when libuv has closed the timer. Accepts NULL. */
 Notifier *notifier_free(Notifier *n);
 DEFINE_FREE_FUNC(Notifier, notifier_free)
