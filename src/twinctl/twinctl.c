@@ -1,5 +1,363 @@
 /* SPDX-License-Identifier: MIT */
-int main(void)
+/* twinctl: the device twin from the service side (broker) and from the device (control socket). */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config.h"
+#include "log.h"
+#include "macro.h"
+#include "twinctl-conf.h"
+#include "twinctl-output.h"
+#include "twinctl.h"
+
+#define TWINCTL_CONF_PATH TWIND_SYSCONFDIR "/twind/twinctl.conf"
+
+static uint64_t start_ms;
+
+uint64_t now_ms(void)
 {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000ULL + (uint64_t)ts.tv_nsec / 1000000ULL;
+}
+
+uint64_t twinctl_deadline(const TwinctlArgs *args, uint64_t default_ms)
+{
+        if (args->timeout_ms > 0)
+                return start_ms + args->timeout_ms;
+        if (default_ms > 0)
+                return now_ms() + default_ms;
         return 0;
+}
+
+/* Which verb-specific options a verb accepts. */
+enum VerbOption {
+        VERB_OPTION_WAIT = 1 << 0,
+        VERB_OPTION_IF_VERSION = 1 << 1,
+        VERB_OPTION_UNTIL_CONVERGED = 1 << 2,
+        VERB_OPTION_FILTERS = 1 << 3,
+};
+
+typedef struct Verb {
+        const char *name;
+        int (*run)(int argc, char **argv, const TwinctlArgs *args);
+        bool broker; /* needs the broker settings */
+        unsigned options;
+} Verb;
+
+static const Verb verbs[] = {
+        { "get", verb_get, true, 0 },
+        { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION },
+        { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED },
+        { "list", verb_list, true, VERB_OPTION_FILTERS },
+        { "status", verb_status, false, 0 },
+        { "events", verb_events, false, 0 },
+        { "reapply", verb_reapply, false, 0 },
+};
+
+static void help(void)
+{
+        printf("twinctl [OPTIONS...] COMMAND ...\n"
+               "\n"
+               "Query and change device twins through the MQTT broker, or ask the local twind.\n"
+               "\n"
+               "Service side (through the broker):\n"
+               "  get DEVICE                  Show desired and reported side by side, $status,\n"
+               "                              connection\n"
+               "  set DEVICE KEY=VALUE...     Merge the pairs into the desired document and\n"
+               "                              publish it (VALUE is JSON when it parses as JSON,\n"
+               "                              otherwise a string; KEY=null deletes)\n"
+               "  watch DEVICE                Print each change of the twin as it happens\n"
+               "  list                        Every device under the topic root\n"
+               "\n"
+               "Device side (through the agent's control socket):\n"
+               "  status                      The agent's state\n"
+               "  events                      Follow the agent's events until Ctrl-C\n"
+               "  reapply                     Run the apply of the current desired again\n"
+               "\n"
+               "Options:\n"
+               "  -h --help                   Show this help\n"
+               "     --version                Show the version\n"
+               "  -b --broker=URL             mqtt://HOST[:PORT] or mqtts://HOST[:PORT]\n"
+               "     --username=NAME          Broker user name\n"
+               "     --password-file=PATH     File holding the broker password\n"
+               "     --cafile=PATH            CA bundle for mqtts://\n"
+               "     --certfile=PATH          TLS client certificate\n"
+               "     --keyfile=PATH           TLS client key\n"
+               "     --topic-root=ROOT        Topic root of the twins (default: twins)\n"
+               "  -s --socket=PATH            Agent control socket (default: %s)\n"
+               "  -j --json                   Machine-readable output\n"
+               "     --no-color               No colour, even on a terminal\n"
+               "  -t --timeout=SECONDS        Give up after this long (whole command)\n"
+               "  -w --wait                   set: wait until the device answers\n"
+               "     --if-version=N           set: only if the desired $version is N\n"
+               "     --until-converged        watch: exit once the device answered the\n"
+               "                              current desired $version\n"
+               "     --pending                list: devices not yet converged\n"
+               "     --failed                 list: devices whose $status is failed\n"
+               "     --offline                list: devices not online\n"
+               "\n"
+               "Exit status:\n"
+               "  0 success                   5 version conflict\n"
+               "  1 failure                   6 not found\n"
+               "  2 usage error               7 cannot reach the broker or the agent\n"
+               "  3 device reported failed    8 access denied\n"
+               "  4 timed out\n"
+               "\n"
+               "Broker settings: command line, then $TWINCTL_BROKER (URL), then\n"
+               "%s, then mqtt://127.0.0.1:1883.\n"
+               "See twinctl(1) for details.\n",
+               TWINCTL_SOCKET_DEFAULT, TWINCTL_CONF_PATH);
+}
+
+static void args_done(TwinctlArgs *a)
+{
+        free(a->broker_url);
+        free(a->username);
+        free(a->password_file);
+        free(a->cafile);
+        free(a->certfile);
+        free(a->keyfile);
+        free(a->topic_root);
+        free(a->socket_path);
+}
+
+static int set_arg(char **dst, const char *value)
+{
+        char *s = strdup(value);
+
+        if (!s)
+                return log_error_errno(-ENOMEM, "Out of memory");
+        free(*dst);
+        *dst = s;
+        return 0;
+}
+
+static int parse_timeout(const char *s, uint64_t *ret)
+{
+        char *end;
+        double d;
+
+        errno = 0;
+        d = strtod(s, &end);
+        if (errno != 0 || end == s || *end || !isfinite(d) || d <= 0 || d > 86400.0 * 365) {
+                log_error("invalid --timeout '%s': give a positive number of seconds", s);
+                return -EINVAL;
+        }
+        *ret = (uint64_t)ceil(d * 1000.0);
+        return 0;
+}
+
+static int parse_if_version(const char *s, int64_t *ret)
+{
+        char *end;
+        long long v;
+
+        errno = 0;
+        v = strtoll(s, &end, 10);
+        if (errno != 0 || end == s || *end || v < 0) {
+                log_error("invalid --if-version '%s': give a non-negative integer", s);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+enum {
+        ARG_VERSION = 0x100,
+        ARG_USERNAME,
+        ARG_PASSWORD_FILE,
+        ARG_CAFILE,
+        ARG_CERTFILE,
+        ARG_KEYFILE,
+        ARG_TOPIC_ROOT,
+        ARG_NO_COLOR,
+        ARG_IF_VERSION,
+        ARG_UNTIL_CONVERGED,
+        ARG_PENDING,
+        ARG_FAILED,
+        ARG_OFFLINE,
+};
+
+/* Returns 0 to go on, 1 when --help/--version was handled, or -EINVAL on a usage error. */
+static int parse_argv(int argc, char **argv, TwinctlArgs *a)
+{
+        static const struct option options[] = {
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                { "broker", required_argument, NULL, 'b' },
+                { "username", required_argument, NULL, ARG_USERNAME },
+                { "password-file", required_argument, NULL, ARG_PASSWORD_FILE },
+                { "cafile", required_argument, NULL, ARG_CAFILE },
+                { "certfile", required_argument, NULL, ARG_CERTFILE },
+                { "keyfile", required_argument, NULL, ARG_KEYFILE },
+                { "topic-root", required_argument, NULL, ARG_TOPIC_ROOT },
+                { "socket", required_argument, NULL, 's' },
+                { "json", no_argument, NULL, 'j' },
+                { "no-color", no_argument, NULL, ARG_NO_COLOR },
+                { "timeout", required_argument, NULL, 't' },
+                { "wait", no_argument, NULL, 'w' },
+                { "if-version", required_argument, NULL, ARG_IF_VERSION },
+                { "until-converged", no_argument, NULL, ARG_UNTIL_CONVERGED },
+                { "pending", no_argument, NULL, ARG_PENDING },
+                { "failed", no_argument, NULL, ARG_FAILED },
+                { "offline", no_argument, NULL, ARG_OFFLINE },
+                { NULL, 0, NULL, 0 },
+        };
+        int c, r = 0;
+
+        /* Leading '+' would stop at the first verb; options may come anywhere (permute). Leading
+         * ':' lets us word the errors ourselves. */
+        opterr = 0;
+        while ((c = getopt_long(argc, argv, ":hb:s:jt:w", options, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        help();
+                        return 1;
+                case ARG_VERSION:
+                        printf("twinctl %s\n", TWIND_VERSION);
+                        return 1;
+                case 'b':
+                        r = set_arg(&a->broker_url, optarg);
+                        break;
+                case ARG_USERNAME:
+                        r = set_arg(&a->username, optarg);
+                        break;
+                case ARG_PASSWORD_FILE:
+                        r = set_arg(&a->password_file, optarg);
+                        break;
+                case ARG_CAFILE:
+                        r = set_arg(&a->cafile, optarg);
+                        break;
+                case ARG_CERTFILE:
+                        r = set_arg(&a->certfile, optarg);
+                        break;
+                case ARG_KEYFILE:
+                        r = set_arg(&a->keyfile, optarg);
+                        break;
+                case ARG_TOPIC_ROOT:
+                        r = set_arg(&a->topic_root, optarg);
+                        break;
+                case 's':
+                        r = set_arg(&a->socket_path, optarg);
+                        break;
+                case 'j':
+                        a->json = true;
+                        break;
+                case ARG_NO_COLOR:
+                        a->no_color = true;
+                        break;
+                case 't':
+                        r = parse_timeout(optarg, &a->timeout_ms);
+                        break;
+                case 'w':
+                        a->wait = true;
+                        break;
+                case ARG_IF_VERSION:
+                        r = parse_if_version(optarg, &a->if_version);
+                        a->has_if_version = true;
+                        break;
+                case ARG_UNTIL_CONVERGED:
+                        a->until_converged = true;
+                        break;
+                case ARG_PENDING:
+                        a->filter_pending = true;
+                        break;
+                case ARG_FAILED:
+                        a->filter_failed = true;
+                        break;
+                case ARG_OFFLINE:
+                        a->filter_offline = true;
+                        break;
+                case ':':
+                        log_error("option '%s' needs an argument", argv[optind - 1]);
+                        return -EINVAL;
+                case '?':
+                        if (optopt)
+                                log_error("unknown option '-%c'", optopt);
+                        else
+                                log_error("unknown option '%s'", argv[optind - 1]);
+                        return -EINVAL;
+                default:
+                        log_error("unhandled option");
+                        return -EINVAL;
+                }
+                if (r < 0)
+                        return r;
+        }
+        if (!a->socket_path)
+                return set_arg(&a->socket_path, TWINCTL_SOCKET_DEFAULT);
+        return 0;
+}
+
+/* Refuses verb options given to a verb that has no use for them, rather than ignoring them. */
+static int check_verb_options(const Verb *v, const TwinctlArgs *a)
+{
+        static const struct {
+                unsigned flag;
+                const char *name;
+        } names[] = {
+                { VERB_OPTION_WAIT, "--wait" },
+                { VERB_OPTION_IF_VERSION, "--if-version" },
+                { VERB_OPTION_UNTIL_CONVERGED, "--until-converged" },
+                { VERB_OPTION_FILTERS, "--pending, --failed and --offline" },
+        };
+        unsigned given =
+            (a->wait ? VERB_OPTION_WAIT : 0) | (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
+            (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
+            (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0);
+
+        for (size_t i = 0; i < ARRAY_SIZE(names); i++)
+                if ((given & names[i].flag) && !(v->options & names[i].flag)) {
+                        log_error("%s cannot be used with '%s'", names[i].name, v->name);
+                        return -EINVAL;
+                }
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        _cleanup_(args_done) TwinctlArgs args = { 0 };
+        const Verb *verb = NULL;
+        int r;
+
+        start_ms = now_ms();
+        log_setup("twinctl");
+        /* Errors are one line on stderr for the person at the terminal, even under systemd. */
+        log_set_journal(0);
+
+        r = parse_argv(argc, argv, &args);
+        if (r > 0)
+                return TWINCTL_EXIT_SUCCESS;
+        if (r < 0)
+                return r == -ENOMEM ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_USAGE;
+
+        if (optind >= argc) {
+                log_error("missing command; see twinctl --help");
+                return TWINCTL_EXIT_USAGE;
+        }
+        for (size_t i = 0; i < ARRAY_SIZE(verbs); i++)
+                if (strcmp(verbs[i].name, argv[optind]) == 0)
+                        verb = &verbs[i];
+        if (!verb) {
+                log_error("unknown command '%s'; see twinctl --help", argv[optind]);
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (check_verb_options(verb, &args) < 0)
+                return TWINCTL_EXIT_USAGE;
+
+        if (verb->broker) {
+                r = twinctl_conf_load(&args, TWINCTL_CONF_PATH);
+                if (r < 0)
+                        return r == -EINVAL ? TWINCTL_EXIT_USAGE : TWINCTL_EXIT_FAILURE;
+        }
+        output_setup(args.no_color);
+        return verb->run(argc - optind, argv + optind, &args);
 }

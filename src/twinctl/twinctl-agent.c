@@ -1,0 +1,423 @@
+/* SPDX-License-Identifier: MIT */
+/* The device-side verbs: status, events and reapply, over the agent's control socket. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "control-protocol.h"
+#include "json-util.h"
+#include "log.h"
+#include "macro.h"
+#include "twin-model.h"
+#include "twinctl-output.h"
+#include "twinctl.h"
+
+/* The agent bounds a client's unwritten output at CONTROL_OUTPUT_MAX, so no reply line is
+ * longer; refuse anything beyond instead of growing without bound. */
+#define AGENT_LINE_MAX CONTROL_OUTPUT_MAX
+
+typedef struct AgentConnection {
+        int fd;
+        const char *path;
+        char *buf;
+        size_t len;
+} AgentConnection;
+
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig)
+{
+        interrupted = 1;
+}
+
+static void agent_connection_done(AgentConnection *c)
+{
+        if (c->fd >= 0)
+                close(c->fd);
+        free(c->buf);
+}
+
+/* Returns 0 or an exit code, after saying what went wrong. */
+static int agent_connect(AgentConnection *c, const char *path)
+{
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+
+        c->path = path;
+        if (strlen(path) >= sizeof sa.sun_path) {
+                log_error("socket path %s is too long", path);
+                return TWINCTL_EXIT_USAGE;
+        }
+        strcpy(sa.sun_path, path);
+        c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (c->fd < 0)
+                return log_error_errno(negative_errno(), "Failed to create a socket"),
+                       TWINCTL_EXIT_FAILURE;
+        if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+                int r = negative_errno();
+
+                if (r == -EACCES || r == -EPERM) {
+                        log_error("access denied to the agent's socket %s: %s", path, strerror(-r));
+                        return TWINCTL_EXIT_ACCESS_DENIED;
+                }
+                log_error("cannot reach the agent at %s: %s (is twind running?)", path,
+                          strerror(-r));
+                return TWINCTL_EXIT_UNREACHABLE;
+        }
+        return 0;
+}
+
+static int agent_send(AgentConnection *c, const char *method, int64_t id)
+{
+        _cleanup_json_ json_t *req = json_pack("{s:s,s:I,s:i}", "method", method, "id",
+                                               (json_int_t)id, "version", CONTROL_PROTOCOL_VERSION);
+        _cleanup_free_ char *line = NULL;
+        size_t len, off = 0;
+
+        if (!req)
+                return -ENOMEM;
+        line = json_dumps(req, JSON_COMPACT);
+        if (!line)
+                return -ENOMEM;
+        len = strlen(line);
+        line[len++] = '\n'; /* over the NUL: the length is tracked */
+        while (off < len) {
+                ssize_t n = send(c->fd, line + off, len - off, MSG_NOSIGNAL);
+
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0)
+                        return negative_errno();
+                off += (size_t)n;
+        }
+        return 0;
+}
+
+/*
+ * Reads one line (without '\n') into *ret (malloc'd). Returns 0, -ETIMEDOUT at deadline_ms (0:
+ * none), -EINTR after SIGINT/SIGTERM, -ECONNRESET at end of file, -E2BIG for an overlong line, or
+ * another negative errno.
+ */
+static int agent_read_line(AgentConnection *c, uint64_t deadline_ms, char **ret)
+{
+        for (;;) {
+                char *nl = c->buf ? memchr(c->buf, '\n', c->len) : NULL;
+                struct pollfd p = { .fd = c->fd, .events = POLLIN };
+                int timeout = -1, k;
+                ssize_t n;
+                char *b;
+
+                if (nl) {
+                        size_t l = (size_t)(nl - c->buf);
+                        char *line = strndup(c->buf, l);
+
+                        if (!line)
+                                return -ENOMEM;
+                        memmove(c->buf, nl + 1, c->len - l - 1);
+                        c->len -= l + 1;
+                        *ret = line;
+                        return 0;
+                }
+                if (c->len >= AGENT_LINE_MAX)
+                        return -E2BIG;
+                if (interrupted)
+                        return -EINTR;
+                if (deadline_ms > 0) {
+                        uint64_t now = now_ms();
+                        if (now >= deadline_ms)
+                                return -ETIMEDOUT;
+                        timeout = (int)(deadline_ms - now);
+                }
+                k = poll(&p, 1, timeout);
+                if (k < 0 && errno == EINTR)
+                        continue;
+                if (k < 0)
+                        return negative_errno();
+                if (k == 0)
+                        continue;
+
+                b = realloc(c->buf, c->len + 65536);
+                if (!b)
+                        return -ENOMEM;
+                c->buf = b;
+                n = recv(c->fd, c->buf + c->len, 65536, 0);
+                if (n < 0 && (errno == EINTR || errno == EAGAIN))
+                        continue;
+                if (n < 0)
+                        return negative_errno();
+                if (n == 0)
+                        return -ECONNRESET;
+                c->len += (size_t)n;
+        }
+}
+
+/* Maps the agent's error names to exit codes. */
+static int agent_error_to_exit(const char *name)
+{
+        if (!name)
+                return TWINCTL_EXIT_FAILURE;
+        if (strcmp(name, CONTROL_ERROR_ACCESS_DENIED) == 0)
+                return TWINCTL_EXIT_ACCESS_DENIED;
+        if (strcmp(name, CONTROL_ERROR_NO_DESIRED) == 0)
+                return TWINCTL_EXIT_NOT_FOUND;
+        if (strcmp(name, CONTROL_ERROR_BUSY) == 0)
+                return TWINCTL_EXIT_UNREACHABLE;
+        return TWINCTL_EXIT_FAILURE;
+}
+
+static int agent_read_error_to_exit(AgentConnection *c, int r)
+{
+        switch (r) {
+        case -ETIMEDOUT:
+                log_error("the agent at %s did not answer in time", c->path);
+                return TWINCTL_EXIT_TIMEOUT;
+        case -ECONNRESET:
+                log_error("the agent at %s closed the connection", c->path);
+                return TWINCTL_EXIT_UNREACHABLE;
+        case -E2BIG:
+                log_error("the agent at %s sent a line longer than %d bytes", c->path,
+                          AGENT_LINE_MAX);
+                return TWINCTL_EXIT_FAILURE;
+        default:
+                log_error_errno(r, "Failed to read from the agent at %s", c->path);
+                return TWINCTL_EXIT_FAILURE;
+        }
+}
+
+/*
+ * Calls method and waits for its response; events are skipped. Returns 0 with the "result" in
+ * *ret, or an exit code after saying what went wrong (the agent's own message for its errors).
+ */
+static int agent_call(AgentConnection *c, const char *method, uint64_t deadline_ms, json_t **ret)
+{
+        int r;
+
+        r = agent_send(c, method, 1);
+        if (r < 0) {
+                log_error_errno(r, "Failed to send to the agent at %s", c->path);
+                return TWINCTL_EXIT_UNREACHABLE;
+        }
+        for (;;) {
+                _cleanup_free_ char *line = NULL;
+                _cleanup_json_ json_t *reply = NULL;
+                json_t *error, *result;
+
+                r = agent_read_line(c, deadline_ms, &line);
+                if (r < 0)
+                        return agent_read_error_to_exit(c, r);
+                reply = json_loads(line, 0, NULL);
+                if (!json_is_object(reply)) {
+                        log_error("the agent at %s sent something that is not a JSON object",
+                                  c->path);
+                        return TWINCTL_EXIT_FAILURE;
+                }
+                if (json_object_get(reply, "event"))
+                        continue;
+                error = json_object_get(reply, "error");
+                if (error) {
+                        const char *name = json_string_value(json_object_get(error, "name"));
+                        const char *msg = json_string_value(json_object_get(error, "message"));
+
+                        if (name && strcmp(name, CONTROL_ERROR_ACCESS_DENIED) == 0)
+                                log_error("access denied: %s %s", method,
+                                          msg ? msg : "needs root or the agent's own user");
+                        else
+                                log_error("the agent refused %s: %s (%s)", method,
+                                          msg ? msg : "no reason given", name ? name : "?");
+                        return agent_error_to_exit(name);
+                }
+                result = json_object_get(reply, "result");
+                if (!result) {
+                        log_error("the agent at %s sent a reply without result or error", c->path);
+                        return TWINCTL_EXIT_FAILURE;
+                }
+                *ret = json_incref(result);
+                return 0;
+        }
+}
+
+typedef struct Fields {
+        char **keys, **values;
+        size_t n, cap;
+} Fields;
+
+static void fields_done(Fields *f)
+{
+        for (size_t i = 0; i < f->n; i++) {
+                free(f->keys[i]);
+                free(f->values[i]);
+        }
+        free(f->keys);
+        free(f->values);
+}
+
+/* Takes ownership of key and value (value NULL shows as "-"). */
+static int fields_add(Fields *f, char *key, char *value)
+{
+        if (!key)
+                goto oom;
+        if (f->n == f->cap) {
+                size_t cap = f->cap ? f->cap * 2 : 32;
+                char **k, **v;
+
+                k = realloc(f->keys, cap * sizeof *k);
+                if (!k)
+                        goto oom;
+                f->keys = k;
+                v = realloc(f->values, cap * sizeof *v);
+                if (!v)
+                        goto oom;
+                f->values = v;
+                f->cap = cap;
+        }
+        f->keys[f->n] = key;
+        f->values[f->n++] = value;
+        return 0;
+oom:
+        free(key);
+        free(value);
+        return -ENOMEM;
+}
+
+/* Prints an object as aligned "key: value" lines, in the agent's order; nested objects one level
+ * deep as "key.sub: value", deeper values as JSON. */
+static int print_object(const json_t *o)
+{
+        _cleanup_(fields_done) Fields f = { 0 };
+        const char *key, *sub;
+        json_t *v, *w;
+        int r;
+
+        json_object_foreach ((json_t *)o, key, v) {
+                if (!json_is_object(v) || json_object_size(v) == 0) {
+                        r = fields_add(&f, strdup(key),
+                                       json_is_null(v) ? NULL : output_value(v, true));
+                        if (r < 0)
+                                return r;
+                        continue;
+                }
+                json_object_foreach (v, sub, w) {
+                        char *k;
+
+                        if (asprintf(&k, "%s.%s", key, sub) < 0)
+                                return -ENOMEM;
+                        r = fields_add(&f, k, json_is_null(w) ? NULL : output_value(w, true));
+                        if (r < 0)
+                                return r;
+                }
+        }
+        output_fields(f.n, f.keys, f.values);
+        return 0;
+}
+
+static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, const char *method)
+{
+        _cleanup_(agent_connection_done) AgentConnection c = { .fd = -1 };
+        _cleanup_json_ json_t *result = NULL;
+        int r;
+
+        if (argc != 1) {
+                log_error("%s takes no arguments", argv[0]);
+                return TWINCTL_EXIT_USAGE;
+        }
+        r = agent_connect(&c, args->socket_path);
+        if (r != 0)
+                return r;
+        r = agent_call(&c, method, twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+        if (r != 0)
+                return r;
+        if (args->json)
+                return output_json(result) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
+        if (json_is_object(result))
+                r = print_object(result);
+        else {
+                _cleanup_free_ char *s = output_value(result, true);
+                printf("%s\n", s ? s : "?");
+        }
+        if (r < 0)
+                return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        return TWINCTL_EXIT_SUCCESS;
+}
+
+int verb_status(int argc, char **argv, const TwinctlArgs *args)
+{
+        return agent_simple_verb(argc, argv, args, control_method_to_string(CONTROL_METHOD_STATUS));
+}
+
+int verb_reapply(int argc, char **argv, const TwinctlArgs *args)
+{
+        return agent_simple_verb(argc, argv, args,
+                                 control_method_to_string(CONTROL_METHOD_REAPPLY));
+}
+
+static void print_event(const json_t *ev)
+{
+        const char *name = json_string_value(json_object_get(ev, "event"));
+        const char *time = json_string_value(json_object_get(ev, "time"));
+        const char *key;
+        json_t *v;
+
+        printf("%s %s", time ? time : "-", name ? name : "?");
+        json_object_foreach ((json_t *)ev, key, v) {
+                _cleanup_free_ char *s = NULL;
+
+                if (strcmp(key, "event") == 0 || strcmp(key, "time") == 0)
+                        continue;
+                s = json_is_null(v) ? strdup("-") : output_value(v, true);
+                printf(" %s=%s", key, s ? s : "?");
+        }
+        putchar('\n');
+        fflush(stdout);
+}
+
+int verb_events(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(agent_connection_done) AgentConnection c = { .fd = -1 };
+        _cleanup_json_ json_t *result = NULL;
+        struct sigaction sa = { .sa_handler = on_interrupt };
+        uint64_t deadline;
+        int r;
+
+        if (argc != 1) {
+                log_error("events takes no arguments");
+                return TWINCTL_EXIT_USAGE;
+        }
+        /* No SA_RESTART: poll() must return so that Ctrl-C ends the stream cleanly. */
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, NULL);
+        sigaction(SIGTERM, &sa, NULL);
+
+        r = agent_connect(&c, args->socket_path);
+        if (r != 0)
+                return r;
+        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_EVENTS),
+                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+        if (r != 0)
+                return interrupted ? TWINCTL_EXIT_SUCCESS : r;
+
+        /* Follows until Ctrl-C, or for --timeout seconds when given. */
+        deadline = args->timeout_ms > 0 ? twinctl_deadline(args, 0) : 0;
+        for (;;) {
+                _cleanup_free_ char *line = NULL;
+                _cleanup_json_ json_t *ev = NULL;
+
+                r = agent_read_line(&c, deadline, &line);
+                if (r == -EINTR || r == -ETIMEDOUT)
+                        return TWINCTL_EXIT_SUCCESS;
+                if (r < 0)
+                        return agent_read_error_to_exit(&c, r);
+                ev = json_loads(line, 0, NULL);
+                if (!json_is_object(ev) || !json_is_string(json_object_get(ev, "event")))
+                        continue; /* replies and anything this version does not know */
+                if (args->json) {
+                        puts(line);
+                        fflush(stdout);
+                } else
+                        print_event(ev);
+        }
+}

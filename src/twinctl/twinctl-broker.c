@@ -1,0 +1,394 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Subscriptions are QoS 0 on purpose: mosquitto delivers QoS 1 messages through an in-flight
+ * window (20) and a bounded queue (1000 by default) and drops what overflows, which would lose
+ * retained messages when listing a large fleet; QoS 0 messages go out in order, straight away. On
+ * one TCP connection nothing is lost while we stay connected, and a lost connection ends the
+ * command anyway.
+ */
+#include "twinctl-broker.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <uv.h>
+
+#include "log.h"
+#include "mqtt-client.h"
+#include "twinctl-conf.h"
+
+#define DISCONNECT_TIMEOUT_MS 2000
+
+struct BrokerSession {
+        uv_loop_t loop;
+        uv_timer_t timer;
+        uv_signal_t sigint, sigterm;
+        bool loop_ready, timer_ready, signals_ready;
+
+        MqttClient *client;
+        char *url;
+        char *password;
+        char *sync_topic;
+
+        bool connected;
+        bool ever_connected;
+        int error; /* negative errno once the connection failed or was lost */
+        char reason[256];
+        bool timed_out;
+        bool interrupted;
+
+        uint64_t sync_sent, sync_received;
+        int awaited_mid;
+        bool awaited_mid_done;
+
+        BrokerMessageFunc on_message;
+        void *userdata;
+};
+
+static void on_connected(MqttClient *c, void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        s->connected = true;
+        s->ever_connected = true;
+}
+
+static void on_disconnected(MqttClient *c, int error, const char *reason, uint64_t retry_in_ms,
+                            void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        s->connected = false;
+        s->error = error < 0 ? error : -ECONNRESET;
+        snprintf(s->reason, sizeof s->reason, "%s", reason ? reason : "");
+        log_debug("disconnected from %s: %s", s->url, s->reason);
+}
+
+static void on_message(MqttClient *c, const char *topic, const void *payload, size_t len,
+                       bool retained, void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        if (strcmp(topic, s->sync_topic) == 0) {
+                char buf[32];
+                uint64_t n;
+
+                if (len == 0 || len >= sizeof buf)
+                        return;
+                memcpy(buf, payload, len);
+                buf[len] = '\0';
+                if (sscanf(buf, "%" SCNu64, &n) == 1 && n > s->sync_received)
+                        s->sync_received = n;
+                return;
+        }
+        if (s->on_message)
+                s->on_message(s, topic, payload, len, s->userdata);
+}
+
+static void on_published(MqttClient *c, int mid, void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        if (mid == s->awaited_mid)
+                s->awaited_mid_done = true;
+}
+
+static void on_timer(uv_timer_t *t)
+{
+        BrokerSession *s = t->data;
+
+        s->timed_out = true;
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+        BrokerSession *s = h->data;
+
+        s->interrupted = true;
+}
+
+static bool is_connected(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return s->connected;
+}
+
+int broker_session_wait(BrokerSession *s, BrokerDoneFunc done, void *userdata, uint64_t deadline_ms)
+{
+        int r = 0;
+
+        s->timed_out = false;
+        if (deadline_ms > 0) {
+                uint64_t now = now_ms();
+                uv_timer_start(&s->timer, on_timer, deadline_ms > now ? deadline_ms - now : 0, 0);
+        }
+        for (;;) {
+                if (done(userdata))
+                        break;
+                if (s->error < 0) {
+                        /* Before the first CONNACK the caller reports the failure itself. */
+                        if (s->ever_connected)
+                                log_error("lost the connection to broker %s%s%s", s->url,
+                                          s->reason[0] ? ": " : "", s->reason);
+                        r = s->ever_connected ? -ECONNRESET : s->error;
+                        break;
+                }
+                if (s->interrupted) {
+                        r = -EINTR;
+                        break;
+                }
+                if (s->timed_out) {
+                        r = -ETIMEDOUT;
+                        break;
+                }
+                if (uv_run(&s->loop, UV_RUN_ONCE) == 0 && !done(userdata) && s->error == 0 &&
+                    !s->timed_out && !s->interrupted) {
+                        /* Nothing left that could ever wake us. */
+                        log_error("lost the connection to broker %s", s->url);
+                        r = -ECONNRESET;
+                        break;
+                }
+        }
+        uv_timer_stop(&s->timer);
+        return r;
+}
+
+static int random_hex(char *buf, size_t n_bytes)
+{
+        uint8_t b[16];
+
+        if (n_bytes > sizeof b)
+                return -EINVAL;
+        if (getrandom(b, n_bytes, 0) != (ssize_t)n_bytes)
+                return -EIO;
+        for (size_t i = 0; i < n_bytes; i++)
+                sprintf(buf + 2 * i, "%02x", b[i]);
+        return 0;
+}
+
+int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_t deadline_ms,
+                           bool catch_interrupt, BrokerMessageFunc message_cb, void *userdata)
+{
+        static const MqttClientCallbacks callbacks = {
+                .connected = on_connected,
+                .disconnected = on_disconnected,
+                .message = on_message,
+                .published = on_published,
+        };
+        _cleanup_broker_session_ BrokerSession *s = NULL;
+        char token[33], err[256] = "";
+        MqttClientOptions opts;
+        int r;
+
+        s = calloc(1, sizeof *s);
+        if (!s)
+                return log_error_errno(-ENOMEM, "Out of memory");
+        s->on_message = message_cb;
+        s->userdata = userdata;
+        s->url = strdup(args->broker_url);
+        if (!s->url)
+                return log_error_errno(-ENOMEM, "Out of memory");
+
+        r = uv_loop_init(&s->loop);
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the event loop");
+        s->loop_ready = true;
+        uv_timer_init(&s->loop, &s->timer);
+        s->timer.data = s;
+        s->timer_ready = true;
+        if (catch_interrupt) {
+                uv_signal_init(&s->loop, &s->sigint);
+                uv_signal_init(&s->loop, &s->sigterm);
+                s->sigint.data = s->sigterm.data = s;
+                s->signals_ready = true;
+                uv_signal_start(&s->sigint, on_signal, SIGINT);
+                uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+                /* Signal handlers alone must not keep the loop alive. */
+                uv_unref((uv_handle_t *)&s->sigint);
+                uv_unref((uv_handle_t *)&s->sigterm);
+        }
+
+        r = random_hex(token, 8);
+        if (r < 0)
+                return log_error_errno(r, "Failed to get random bytes");
+        /* Under the topic root so that an ACL granting the root covers it; four levels deep so
+         * that ROOT/+/desired and friends never match it. */
+        if (asprintf(&s->sync_topic, "%s/.twinctl/%s/sync", args->topic_root, token) < 0) {
+                s->sync_topic = NULL;
+                return log_error_errno(-ENOMEM, "Out of memory");
+        }
+
+        if (args->password_file) {
+                r = twinctl_read_password_file(args->password_file, &s->password);
+                if (r < 0)
+                        return r;
+        }
+
+        opts = (MqttClientOptions){
+                .url = args->broker_url,
+                .username = args->username,
+                .password = s->password,
+                .cafile = args->cafile,
+                .certfile = args->certfile,
+                .keyfile = args->keyfile,
+                .keepalive = 60,
+                .reconnect = false,
+        };
+        r = mqtt_client_new(&s->client, &s->loop, &opts, &callbacks, s, err, sizeof err);
+        if (r == -EINVAL) {
+                log_error("%s", err[0] ? err : "invalid broker options");
+                return r;
+        }
+        if (r < 0)
+                return log_error_errno(r, "Failed to set up the MQTT client");
+
+        r = mqtt_client_start(s->client);
+        if (r >= 0)
+                r = broker_session_wait(s, is_connected, s, deadline_ms);
+        if (r == -ETIMEDOUT) {
+                log_error("cannot reach broker %s: %s", s->url, strerror(ETIMEDOUT));
+                return -ENOTCONN;
+        }
+        if (r == -EACCES || r == -EPERM) {
+                log_error("broker %s refused the connection%s%s", s->url, s->reason[0] ? ": " : "",
+                          s->reason);
+                return -EACCES;
+        }
+        if (r == -EINTR)
+                return r;
+        if (r < 0) {
+                log_error("cannot reach broker %s: %s", s->url, strerror(-r));
+                log_debug("broker %s: %s", s->url, s->reason);
+                return -ENOTCONN;
+        }
+
+        /* Subscribed first: a later sync proves every subscription before it took effect. */
+        r = mqtt_client_subscribe(s->client, s->sync_topic, 0, NULL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to subscribe to %s", s->sync_topic);
+
+        *ret = TAKE_PTR(s);
+        return 0;
+}
+
+int broker_session_subscribe(BrokerSession *s, const char *pattern)
+{
+        int r = mqtt_client_subscribe(s->client, pattern, 0, NULL);
+
+        if (r < 0)
+                return log_error_errno(r, "Failed to subscribe to %s", pattern);
+        return 0;
+}
+
+static bool sync_done(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return s->sync_received >= s->sync_sent;
+}
+
+int broker_session_sync(BrokerSession *s, uint64_t deadline_ms)
+{
+        char payload[32];
+        int r, n;
+
+        s->sync_sent++;
+        n = snprintf(payload, sizeof payload, "%" PRIu64, s->sync_sent);
+        r = mqtt_client_publish(s->client, s->sync_topic, payload, (size_t)n, 0, false, NULL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to publish to %s", s->sync_topic);
+        r = broker_session_wait(s, sync_done, s, deadline_ms);
+        if (r == -ETIMEDOUT)
+                log_error("broker %s did not echo a message on %s in time (does its ACL let "
+                          "twinctl publish and subscribe there?)",
+                          s->url, s->sync_topic);
+        return r;
+}
+
+static bool publish_done(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return s->awaited_mid_done;
+}
+
+int broker_session_publish(BrokerSession *s, const char *topic, const void *payload, size_t len,
+                           bool retain, uint64_t deadline_ms)
+{
+        int r, mid = 0;
+
+        r = mqtt_client_publish(s->client, topic, payload, len, 1, retain, &mid);
+        if (r < 0)
+                return log_error_errno(r, "Failed to publish to %s", topic);
+        s->awaited_mid = mid;
+        s->awaited_mid_done = false;
+        r = broker_session_wait(s, publish_done, s, deadline_ms);
+        if (r == -ETIMEDOUT)
+                log_error("broker %s did not acknowledge the message on %s in time", s->url, topic);
+        return r;
+}
+
+const char *broker_session_url(const BrokerSession *s)
+{
+        return s->url;
+}
+
+static bool is_disconnected(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return !s->connected;
+}
+
+BrokerSession *broker_session_free(BrokerSession *s)
+{
+        if (!s)
+                return NULL;
+        /* A Ctrl-C that ended the command must not cut the goodbye short. */
+        s->interrupted = false;
+        if (s->client && s->connected && mqtt_client_disconnect(s->client) >= 0)
+                (void)broker_session_wait(s, is_disconnected, s, now_ms() + DISCONNECT_TIMEOUT_MS);
+        s->client = mqtt_client_free(s->client);
+        if (s->signals_ready) {
+                uv_close((uv_handle_t *)&s->sigint, NULL);
+                uv_close((uv_handle_t *)&s->sigterm, NULL);
+        }
+        if (s->timer_ready)
+                uv_close((uv_handle_t *)&s->timer, NULL);
+        if (s->loop_ready) {
+                uv_run(&s->loop, UV_RUN_DEFAULT);
+                (void)uv_loop_close(&s->loop);
+        }
+        if (s->password)
+                explicit_bzero(s->password, strlen(s->password));
+        free(s->password);
+        free(s->sync_topic);
+        free(s->url);
+        free(s);
+        return NULL;
+}
+
+int broker_error_to_exit(int r)
+{
+        switch (-r) {
+        case 0:
+                return TWINCTL_EXIT_SUCCESS;
+        case ENOTCONN:
+        case ECONNRESET:
+                return TWINCTL_EXIT_UNREACHABLE;
+        case EACCES:
+        case EPERM:
+                return TWINCTL_EXIT_ACCESS_DENIED;
+        case ETIMEDOUT:
+                return TWINCTL_EXIT_TIMEOUT;
+        case EINVAL:
+                return TWINCTL_EXIT_USAGE;
+        default:
+                return TWINCTL_EXIT_FAILURE;
+        }
+}

@@ -1,0 +1,56 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* A device's twin as the broker holds it: its three topics, the documents collected from them,
+ * and what they say together (converged, pending, failed; online or not). Pure, no I/O. */
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+enum DeviceKind {
+        DEVICE_KIND_DESIRED,
+        DEVICE_KIND_REPORTED,
+        DEVICE_KIND_CONNECTION,
+        _DEVICE_KIND_MAX,
+        _DEVICE_KIND_INVALID = -1,
+};
+
+/* The device's state for its current desired $version (see twinctl(1), "list"). */
+enum DeviceState {
+        DEVICE_STATE_NONE,    /* no desired document and no $status */
+        DEVICE_STATE_PENDING, /* an apply runs, or the device has not answered this version */
+        DEVICE_STATE_SUCCESS,
+        DEVICE_STATE_FAILED,
+};
+
+/* "desired", "reported", "connection". */
+const char *device_kind_to_string(enum DeviceKind k);
+
+/* "-", "pending", "success", "failed". */
+const char *device_state_to_string(enum DeviceState s);
+
+/* Returns "{root}/{id}/{kind}" (id may be "+"), malloc'd, or NULL on ENOMEM. */
+char *device_topic(const char *root, const char *id, enum DeviceKind kind);
+
+/*
+ * Records a message on "{root}/{id}/{kind}" in map, an object of devices keyed by id, each an
+ * object {"desired": ..., "reported": ..., "connection": ...} where a missing document is null.
+ * An empty payload (a deleted retained message) stores null. A payload that is not a JSON object
+ * stores null and returns -EBADMSG. Topics that are not twin topics with a valid device id return
+ * -ENOENT. On success (and on -EBADMSG) *ret_id (borrowed from map) and *ret_kind are set.
+ */
+int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
+                      size_t len, const char **ret_id, enum DeviceKind *ret_kind);
+
+/* Borrowed document of a device entry (an object from the map), or NULL when absent. */
+json_t *device_entry_get(const json_t *entry, enum DeviceKind kind);
+
+/* The reported "$status" object, or NULL. Borrowed. */
+json_t *device_reported_status(const json_t *reported);
+
+/* What desired and reported say together: the $status answering the desired $version. */
+enum DeviceState device_state(const json_t *desired, const json_t *reported);
+
+/* Whether the connection document says online. */
+bool device_is_online(const json_t *connection);

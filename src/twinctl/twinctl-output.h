@@ -1,0 +1,57 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/* Output for people (aligned columns, colour only on a terminal) and for programs (--json). */
+
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+enum OutputColor {
+        OUTPUT_COLOR_NONE,
+        OUTPUT_COLOR_RED,
+        OUTPUT_COLOR_GREEN,
+        OUTPUT_COLOR_YELLOW,
+        OUTPUT_COLOR_BOLD,
+        OUTPUT_COLOR_GREY,
+};
+
+/* Decides once whether stdout gets colour: a terminal, NO_COLOR unset, TERM not "dumb", and not
+ * disabled by --no-color. */
+void output_setup(bool no_color);
+
+/* The escape sequence that starts colour c, or "" when colour is off. */
+const char *output_color_on(enum OutputColor c);
+
+/* The escape sequence that resets colour, or "" when colour is off. */
+const char *output_color_off(void);
+
+/* Prints one JSON value on stdout: indented on a terminal, one line otherwise. Returns 0 or
+ * -ENOMEM/-EIO. */
+int output_json(const json_t *j);
+
+/* Prints one JSON value as a single line on stdout and flushes (streams: watch, events). */
+int output_json_line(const json_t *j);
+
+/* Renders a value for people: strings bare when bare is true (else quoted JSON), true/false as
+ * yes/no, NULL as "-", everything else as compact JSON. Returns a malloc'd string or NULL. */
+char *output_value(const json_t *v, bool bare);
+
+typedef struct Table Table;
+
+/* A table with n_columns columns headed by the given (upper-case) names. */
+Table *table_new(size_t n_columns, const char *const *headers);
+
+/* Appends a row: exactly n_columns strings (copied; NULL shows as "-") and a colour per cell
+ * (colors may be NULL). Returns 0 or -ENOMEM. */
+int table_add_row(Table *t, const char *const *cells, const enum OutputColor *colors);
+
+/* Prints the table with columns aligned to their widest cell. */
+void table_print(const Table *t);
+
+/* Accepts NULL; returns NULL. */
+Table *table_free(Table *t);
+
+/* Prints "key: value" lines with the keys right-aligned to the widest (like systemctl status).
+ * keys and values hold n entries; values may be NULL ("-"). */
+void output_fields(size_t n, char *const *keys, char *const *values);

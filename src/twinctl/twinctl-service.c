@@ -1,0 +1,871 @@
+/* SPDX-License-Identifier: MIT */
+/* The service-side verbs: get, set, watch and list, through the broker. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json-util.h"
+#include "log.h"
+#include "macro.h"
+#include "twin-model.h"
+#include "twinctl-broker.h"
+#include "twinctl-device.h"
+#include "twinctl-output.h"
+#include "twinctl.h"
+
+typedef struct Service {
+        const TwinctlArgs *args;
+        json_t *map;           /* devices seen, see device_map_update() */
+        const char *device_id; /* the one device of get/set/watch, NULL for list */
+
+        /* watch: what was printed last, to print only changes */
+        bool watching;
+        json_t *seen_desired, *seen_props, *seen_status, *seen_connection;
+
+        /* set --wait: the desired $version we published, and whether someone replaced it */
+        int64_t wait_version;
+        bool seen_own;
+        bool superseded;
+        int64_t superseded_by;
+} Service;
+
+static void service_done(Service *s)
+{
+        json_decref(s->map);
+        json_decref(s->seen_desired);
+        json_decref(s->seen_props);
+        json_decref(s->seen_status);
+        json_decref(s->seen_connection);
+}
+
+static json_t *service_entry(const Service *s, const char *id)
+{
+        return json_object_get(s->map, id);
+}
+
+static bool same(const json_t *a, const json_t *b)
+{
+        if (!a || !b)
+                return a == b;
+        return json_equal(a, b);
+}
+
+/* Replaces *slot with a copy of v when they differ; returns whether they did. */
+static bool remember(json_t **slot, const json_t *v)
+{
+        if (same(*slot, v))
+                return false;
+        json_decref(*slot);
+        *slot = v ? json_deep_copy(v) : NULL;
+        return true;
+}
+
+/* "failed for desired $version 5 (configId 4): error", for people. Returns malloc'd or NULL. */
+static char *describe_status(const json_t *status)
+{
+        const char *state = json_string_value(json_object_get(status, "state"));
+        const char *error = json_string_value(json_object_get(status, "error"));
+        json_t *dv = json_object_get(status, "desiredVersion"), *cfg;
+        char *buf = NULL;
+        size_t size = 0;
+        FILE *f;
+
+        f = open_memstream(&buf, &size);
+        if (!f)
+                return NULL;
+        fputs(state ? state : "(no state)", f);
+        if (json_is_integer(dv))
+                fprintf(f, " for desired $version %" JSON_INTEGER_FORMAT, json_integer_value(dv));
+        cfg = json_object_get(status, "configId");
+        if (cfg) {
+                _cleanup_free_ char *v = output_value(cfg, false);
+                fprintf(f, " (configId %s)", v ? v : "?");
+        }
+        if (error)
+                fprintf(f, ": %s", error);
+        if (fclose(f) != 0) {
+                free(buf);
+                return NULL;
+        }
+        return buf;
+}
+
+static enum OutputColor state_color(const char *state)
+{
+        if (!state)
+                return OUTPUT_COLOR_NONE;
+        if (strcmp(state, "success") == 0)
+                return OUTPUT_COLOR_GREEN;
+        if (strcmp(state, "failed") == 0)
+                return OUTPUT_COLOR_RED;
+        if (strcmp(state, "pending") == 0)
+                return OUTPUT_COLOR_YELLOW;
+        return OUTPUT_COLOR_NONE;
+}
+
+/* "online since 2026-11-26T09:41:58Z (twind 0.1.0)", "offline", for people. */
+static char *describe_connection(const json_t *conn)
+{
+        const char *state = json_string_value(json_object_get(conn, "state"));
+        const char *since = json_string_value(json_object_get(conn, "since"));
+        const char *agent = json_string_value(json_object_get(conn, "agent"));
+        char *s;
+
+        if (!conn)
+                return strdup("unknown (no connection message)");
+        if (asprintf(&s, "%s%s%s%s%s%s", state ? state : "(no state)", since ? " since " : "",
+                     since ? since : "", agent ? " (" : "", agent ? agent : "",
+                     agent ? ")" : "") < 0)
+                return NULL;
+        return s;
+}
+
+static void watch_print(const Service *s, const char *kind, const json_t *value, const char *text,
+                        enum OutputColor color)
+{
+        char now[32];
+
+        twin_format_time(-1, now);
+        if (s->args->json) {
+                _cleanup_json_ json_t *j =
+                    json_pack("{s:s,s:s,s:s,s:O}", "time", now, "deviceId", s->device_id, "kind",
+                              kind, "value", value ? value : json_null());
+                if (j)
+                        (void)output_json_line(j);
+                return;
+        }
+        printf("%s %-10s %s%s%s\n", now, kind, output_color_on(color), text ? text : "?",
+               color == OUTPUT_COLOR_NONE ? "" : output_color_off());
+        fflush(stdout);
+}
+
+static void watch_document(Service *s, const char *kind, const json_t *doc)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_json_ json_t *props = NULL;
+        int64_t v;
+
+        if (!doc) {
+                watch_print(s, kind, NULL, "(none)", OUTPUT_COLOR_GREY);
+                return;
+        }
+        props = twin_properties(doc);
+        text = output_value(props, false);
+        v = twin_document_version(doc);
+        if (v >= 0) {
+                char *t;
+                if (asprintf(&t, "$version %" PRId64 " %s", v, text ? text : "?") < 0)
+                        return;
+                free(text);
+                text = t;
+        }
+        watch_print(s, kind, doc, text, OUTPUT_COLOR_NONE);
+}
+
+/* Prints what changed in the device's twin with this message. */
+static void watch_changes(Service *s, enum DeviceKind kind, const json_t *entry)
+{
+        json_t *doc = device_entry_get(entry, kind);
+
+        switch (kind) {
+        case DEVICE_KIND_DESIRED:
+                if (remember(&s->seen_desired, doc))
+                        watch_document(s, "desired", doc);
+                break;
+        case DEVICE_KIND_REPORTED: {
+                _cleanup_json_ json_t *props = doc ? twin_properties(doc) : NULL;
+                json_t *status = device_reported_status(doc);
+
+                /* Every publish bumps the reported $version: only new properties are news. */
+                if (remember(&s->seen_props, props))
+                        watch_document(s, "reported", doc);
+                if (remember(&s->seen_status, status)) {
+                        _cleanup_free_ char *text = status ? describe_status(status) : NULL;
+                        watch_print(
+                            s, "status", status, status ? text : "(none)",
+                            state_color(json_string_value(json_object_get(status, "state"))));
+                }
+                break;
+        }
+        case DEVICE_KIND_CONNECTION:
+                if (remember(&s->seen_connection, doc)) {
+                        _cleanup_free_ char *text = describe_connection(doc);
+                        watch_print(s, "connection", doc, text,
+                                    device_is_online(doc) ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED);
+                }
+                break;
+        case _DEVICE_KIND_MAX:
+        case _DEVICE_KIND_INVALID:
+                break;
+        }
+}
+
+static void on_message(BrokerSession *b, const char *topic, const void *payload, size_t len,
+                       void *userdata)
+{
+        Service *s = userdata;
+        enum DeviceKind kind;
+        const char *id;
+        json_t *entry;
+        int r;
+
+        r = device_map_update(s->map, s->args->topic_root, topic, payload, len, &id, &kind);
+        if (r == -ENOENT)
+                return;
+        if (r == -ENOMEM) {
+                log_error_errno(r, "Out of memory");
+                exit(TWINCTL_EXIT_FAILURE);
+        }
+        if (r == -EBADMSG)
+                log_warning("%s document of %s is not a JSON object, ignoring it",
+                            device_kind_to_string(kind), id);
+        if (s->device_id && strcmp(id, s->device_id) != 0)
+                return;
+        entry = service_entry(s, id);
+
+        if (kind == DEVICE_KIND_DESIRED && s->wait_version > 0) {
+                int64_t v = twin_document_version(device_entry_get(entry, kind));
+
+                if (v == s->wait_version)
+                        s->seen_own = true;
+                else if (s->seen_own && !s->superseded) {
+                        s->superseded = true;
+                        s->superseded_by = v;
+                }
+        }
+        if (s->watching)
+                watch_changes(s, kind, entry);
+}
+
+/* Connects and subscribes to the twin topics of id ("+" for every device), then waits until
+ * every retained message has arrived. Returns 0 or an exit code. */
+static int service_open(Service *s, BrokerSession **ret, const char *id, bool catch_interrupt)
+{
+        _cleanup_broker_session_ BrokerSession *b = NULL;
+        int r;
+
+        s->map = json_object();
+        if (!s->map)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+
+        r = broker_session_connect(&b, s->args,
+                                   twinctl_deadline(s->args, TWINCTL_CONNECT_TIMEOUT_MS),
+                                   catch_interrupt, on_message, s);
+        if (r == -EINTR)
+                return TWINCTL_EXIT_SUCCESS;
+        if (r < 0)
+                return broker_error_to_exit(r == -ETIMEDOUT ? -ENOTCONN : r);
+        for (enum DeviceKind k = 0; k < _DEVICE_KIND_MAX; k++) {
+                _cleanup_free_ char *topic = device_topic(s->args->topic_root, id, k);
+
+                if (!topic)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+                r = broker_session_subscribe(b, topic);
+                if (r < 0)
+                        return broker_error_to_exit(r);
+        }
+        r = broker_session_sync(b, twinctl_deadline(s->args, TWINCTL_CONNECT_TIMEOUT_MS));
+        if (r == -EINTR)
+                return TWINCTL_EXIT_SUCCESS;
+        if (r < 0)
+                return broker_error_to_exit(r);
+        *ret = TAKE_PTR(b);
+        return 0;
+}
+
+static int check_device_id(const char *id)
+{
+        if (!twin_device_id_is_valid(id)) {
+                log_error("invalid device id '%s': use 1 to %d characters of A-Z a-z 0-9 - . _ :",
+                          id, TWIN_DEVICE_ID_MAX);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+static int compare_strings(const void *a, const void *b)
+{
+        return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+static bool array_has_string(const json_t *array, const char *s)
+{
+        size_t i;
+        json_t *v;
+
+        json_array_foreach (array, i, v)
+                if (json_is_string(v) && strcmp(json_string_value(v), s) == 0)
+                        return true;
+        return false;
+}
+
+/* ---- get ---------------------------------------------------------------------------------- */
+
+static void get_print_human(const char *id, const json_t *desired, const json_t *reported,
+                            const json_t *connection)
+{
+        _cleanup_free_ char *conn = describe_connection(connection);
+        _cleanup_json_ json_t *dprops = desired ? twin_properties(desired) : json_object();
+        _cleanup_json_ json_t *rprops = reported ? twin_properties(reported) : json_object();
+        _cleanup_json_ json_t *diff = twin_diff_keys(dprops, rprops);
+        _cleanup_json_ json_t *keys = json_object();
+        json_t *status = device_reported_status(reported);
+        enum DeviceState state = device_state(desired, reported);
+        const char *state_name = device_state_to_string(state);
+        Table *t = NULL;
+        const char *key;
+        json_t *v;
+
+        printf("%sDevice:%s     %s\n", output_color_on(OUTPUT_COLOR_BOLD), output_color_off(), id);
+        printf(
+            "Connection: %s%s%s\n",
+            output_color_on(device_is_online(connection) ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED),
+            conn ? conn : "?", output_color_off());
+        printf("State:      %s%s%s", output_color_on(state_color(state_name)), state_name,
+               output_color_off());
+        if (state == DEVICE_STATE_PENDING && desired &&
+            (!status || !json_equal(json_object_get(status, "desiredVersion"),
+                                    json_object_get(desired, "$version"))))
+                printf(" (the device has not answered desired $version %" PRId64 " yet)",
+                       twin_document_version(desired));
+        putchar('\n');
+        if (status) {
+                _cleanup_free_ char *st = describe_status(status);
+                const char *at = json_string_value(json_object_get(status, "updatedAt"));
+                printf("$status:    %s%s%s\n", st ? st : "?", at ? ", at " : "", at ? at : "");
+        } else
+                printf("$status:    (none)\n");
+        printf("Desired:    ");
+        if (desired)
+                printf("$version %" PRId64 "\n", twin_document_version(desired));
+        else
+                printf("(none)\n");
+        printf("Reported:   ");
+        if (reported)
+                printf("$version %" PRId64 "\n", twin_document_version(reported));
+        else
+                printf("(none)\n");
+
+        if (!dprops || !rprops || !diff || !keys)
+                return;
+        json_object_foreach (dprops, key, v)
+                json_object_set(keys, key, json_true());
+        json_object_foreach (rprops, key, v)
+                json_object_set(keys, key, json_true());
+        if (json_object_size(keys) == 0) {
+                fflush(stdout);
+                return;
+        }
+
+        t = table_new(4, (const char *const[]){ "", "PROPERTY", "DESIRED", "REPORTED" });
+        if (!t)
+                return;
+        /* Sorted, so the table reads the same every time. */
+        {
+                size_t n = json_object_size(keys), i = 0;
+                _cleanup_free_ const char **names = calloc(n, sizeof(char *));
+
+                if (!names) {
+                        table_free(t);
+                        return;
+                }
+                json_object_foreach (keys, key, v)
+                        names[i++] = key;
+                qsort(names, n, sizeof(char *), compare_strings);
+                for (i = 0; i < n; i++) {
+                        _cleanup_free_ char *dv = NULL, *rv = NULL;
+                        bool differs = array_has_string(diff, names[i]);
+
+                        dv = json_object_get(dprops, names[i])
+                                 ? output_value(json_object_get(dprops, names[i]), false)
+                                 : NULL;
+                        rv = json_object_get(rprops, names[i])
+                                 ? output_value(json_object_get(rprops, names[i]), false)
+                                 : NULL;
+                        (void)table_add_row(
+                            t, (const char *const[]){ differs ? "*" : " ", names[i], dv, rv },
+                            (const enum OutputColor[]){
+                                differs ? OUTPUT_COLOR_YELLOW : OUTPUT_COLOR_NONE,
+                                differs ? OUTPUT_COLOR_YELLOW : OUTPUT_COLOR_NONE,
+                                OUTPUT_COLOR_NONE, OUTPUT_COLOR_NONE });
+                }
+        }
+        putchar('\n');
+        table_print(t);
+        table_free(t);
+}
+
+int verb_get(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(service_done) Service s = { .args = args };
+        _cleanup_broker_session_ BrokerSession *b = NULL;
+        json_t *entry, *desired, *reported, *connection;
+        int r;
+
+        if (argc != 2) {
+                log_error("get needs exactly one DEVICE");
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (check_device_id(argv[1]) < 0)
+                return TWINCTL_EXIT_USAGE;
+        s.device_id = argv[1];
+
+        r = service_open(&s, &b, s.device_id, false);
+        if (r != 0)
+                return r;
+
+        entry = service_entry(&s, s.device_id);
+        desired = device_entry_get(entry, DEVICE_KIND_DESIRED);
+        reported = device_entry_get(entry, DEVICE_KIND_REPORTED);
+        connection = device_entry_get(entry, DEVICE_KIND_CONNECTION);
+        if (!desired && !reported && !connection) {
+                log_error("device %s not found: no twin under %s/%s/ on %s", s.device_id,
+                          args->topic_root, s.device_id, args->broker_url);
+                return TWINCTL_EXIT_NOT_FOUND;
+        }
+
+        if (args->json) {
+                _cleanup_json_ json_t *j = json_pack(
+                    "{s:s,s:O,s:O,s:O}", "deviceId", s.device_id, "desired",
+                    desired ? desired : json_null(), "reported", reported ? reported : json_null(),
+                    "connection", connection ? connection : json_null());
+                if (!j || output_json(j) < 0)
+                        return log_error_errno(-ENOMEM, "Failed to print"), TWINCTL_EXIT_FAILURE;
+        } else
+                get_print_human(s.device_id, desired, reported, connection);
+        return TWINCTL_EXIT_SUCCESS;
+}
+
+/* ---- set ---------------------------------------------------------------------------------- */
+
+/* Parses "key=value" pairs into an array of one-key merge patches, applied in order. */
+static int parse_pairs(int n, char **pairs, json_t **ret, bool *ret_has_config_id)
+{
+        _cleanup_json_ json_t *patches = json_array();
+        bool has_config_id = false;
+        char err[256];
+
+        if (!patches)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                _cleanup_free_ char *key = NULL;
+                const char *eq = strchr(pairs[i], '='), *value;
+                json_t *v, *patch;
+
+                if (!eq) {
+                        log_error("'%s' is not KEY=VALUE", pairs[i]);
+                        return -EINVAL;
+                }
+                key = strndup(pairs[i], (size_t)(eq - pairs[i]));
+                if (!key)
+                        return -ENOMEM;
+                if (!*key) {
+                        log_error("'%s': the property name is empty", pairs[i]);
+                        return -EINVAL;
+                }
+                if (key[0] == '$') {
+                        log_error("'%s': keys that start with '$' belong to the protocol", key);
+                        return -EINVAL;
+                }
+                value = eq + 1;
+                /* JSON when it parses as JSON, else the text itself: sendFrequency=5m. */
+                v = json_loads(value, JSON_DECODE_ANY, NULL);
+                if (!v)
+                        v = json_string(value);
+                if (!v) {
+                        log_error("'%s': the value is not valid UTF-8", key);
+                        return -EINVAL;
+                }
+                patch = json_object();
+                if (!patch || json_object_set_new(patch, key, v) < 0) {
+                        json_decref(patch);
+                        return -ENOMEM;
+                }
+                /* The same rules the device applies, checked before touching the broker. */
+                if (twin_properties_validate(patch, err, sizeof err) < 0) {
+                        json_decref(patch);
+                        log_error("'%s': %s", key, err);
+                        return -EINVAL;
+                }
+                if (json_array_append_new(patches, patch) < 0)
+                        return -ENOMEM;
+                if (strcmp(key, "configId") == 0)
+                        has_config_id = true;
+        }
+        *ret = TAKE_PTR(patches);
+        *ret_has_config_id = has_config_id;
+        return 0;
+}
+
+static int next_config_id(const char *id, const json_t *current, json_t **ret)
+{
+        json_t *cur = json_object_get(current, "configId");
+        json_int_t n;
+
+        if (!cur) {
+                *ret = json_integer(1);
+                return *ret ? 0 : -ENOMEM;
+        }
+        if (!json_is_integer(cur)) {
+                _cleanup_free_ char *v = output_value(cur, false);
+                log_error("the current configId of %s is %s, not an integer: give the new one "
+                          "with configId=VALUE",
+                          id, v ? v : "?");
+                return -EINVAL;
+        }
+        n = json_integer_value(cur);
+        if (n == INT64_MAX) {
+                log_error("the current configId of %s is the largest integer: give the new one "
+                          "with configId=VALUE",
+                          id);
+                return -ERANGE;
+        }
+        *ret = json_integer(n + 1);
+        return *ret ? 0 : -ENOMEM;
+}
+
+static bool set_answered(void *userdata)
+{
+        Service *s = userdata;
+        json_t *reported = device_entry_get(service_entry(s, s->device_id), DEVICE_KIND_REPORTED);
+        json_t *status = device_reported_status(reported), *dv;
+        const char *state;
+
+        if (s->superseded)
+                return true;
+        dv = json_object_get(status, "desiredVersion");
+        if (!json_is_integer(dv) || json_integer_value(dv) != s->wait_version)
+                return false;
+        state = json_string_value(json_object_get(status, "state"));
+        return state && (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0);
+}
+
+static int set_wait(Service *s, BrokerSession *b, json_t *result)
+{
+        uint64_t start = now_ms(), deadline = twinctl_deadline(s->args, TWINCTL_WAIT_TIMEOUT_MS);
+        json_t *entry, *status;
+        const char *state;
+        int r;
+
+        r = broker_session_wait(b, set_answered, s, deadline);
+        entry = service_entry(s, s->device_id);
+        if (r == -ETIMEDOUT) {
+                json_t *conn = device_entry_get(entry, DEVICE_KIND_CONNECTION);
+                log_error("timed out after %.1f s waiting for %s to answer desired $version "
+                          "%" PRId64 "%s",
+                          (double)(now_ms() - start) / 1000.0, s->device_id, s->wait_version,
+                          !device_is_online(conn) ? " (the device is not online)" : "");
+                return TWINCTL_EXIT_TIMEOUT;
+        }
+        if (r < 0)
+                return broker_error_to_exit(r);
+        if (s->superseded) {
+                log_error("desired $version %" PRId64 " of %s was replaced by %s%" PRId64
+                          " before the device answered it",
+                          s->wait_version, s->device_id,
+                          s->superseded_by >= 0 ? "$version " : "a document without $version",
+                          s->superseded_by >= 0 ? s->superseded_by : 0);
+                return TWINCTL_EXIT_CONFLICT;
+        }
+
+        status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
+        state = json_string_value(json_object_get(status, "state"));
+        if (result)
+                json_object_set(result, "status", status);
+        if (state && strcmp(state, "failed") == 0) {
+                const char *error = json_string_value(json_object_get(status, "error"));
+                log_error("%s reported failed for desired $version %" PRId64 ": %s", s->device_id,
+                          s->wait_version, error ? error : "(no error given)");
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        }
+        if (!s->args->json)
+                printf("%s applied desired $version %" PRId64 ".\n", s->device_id, s->wait_version);
+        return TWINCTL_EXIT_SUCCESS;
+}
+
+int verb_set(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(service_done) Service s = { .args = args };
+        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_json_ json_t *patches = NULL, *doc = NULL, *config_id = NULL, *parsed = NULL,
+                              *result = NULL;
+        _cleanup_free_ char *payload = NULL, *topic = NULL, *cfg = NULL;
+        bool has_config_id;
+        int64_t current_version, new_version, parsed_version;
+        json_t *current, *patch;
+        char err[256];
+        size_t i;
+        int r;
+
+        if (argc < 3) {
+                log_error("set needs a DEVICE and at least one KEY=VALUE");
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (check_device_id(argv[1]) < 0)
+                return TWINCTL_EXIT_USAGE;
+        s.device_id = argv[1];
+        r = parse_pairs(argc - 2, argv + 2, &patches, &has_config_id);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        if (r < 0)
+                return TWINCTL_EXIT_USAGE;
+        topic = device_topic(args->topic_root, s.device_id, DEVICE_KIND_DESIRED);
+        if (!topic)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+
+        r = service_open(&s, &b, s.device_id, false);
+        if (r != 0)
+                return r;
+
+        current = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_DESIRED);
+        /* An absent (or unreadable) $version counts as 0. */
+        current_version = current ? twin_document_version(current) : -1;
+        if (args->has_if_version &&
+            args->if_version != (current_version < 0 ? 0 : current_version)) {
+                log_error("version conflict: desired $version of %s is %" PRId64 ", not %" PRId64
+                          "; nothing published",
+                          s.device_id, current_version < 0 ? 0 : current_version, args->if_version);
+                return TWINCTL_EXIT_CONFLICT;
+        }
+
+        doc = current ? json_deep_copy(current) : json_object();
+        if (!doc)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        json_array_foreach (patches, i, patch)
+                if (twin_merge_patch(doc, patch) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        if (!has_config_id) {
+                r = next_config_id(s.device_id, current, &config_id);
+                if (r == -ENOMEM)
+                        return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
+                if (r < 0)
+                        return TWINCTL_EXIT_FAILURE;
+                if (json_object_set(doc, "configId", config_id) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        }
+        if (current_version == INT64_MAX) {
+                log_error("desired $version of %s is already the largest integer", s.device_id);
+                return TWINCTL_EXIT_FAILURE;
+        }
+        new_version = current_version < 0 ? 1 : current_version + 1;
+        if (json_object_set_new(doc, "$version", json_integer(new_version)) < 0)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+
+        payload = json_dumps_compact(doc);
+        if (!payload)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        /* Never publish what the device would refuse (size and depth limits). */
+        r = twin_desired_parse(payload, strlen(payload), &parsed, &parsed_version, err, sizeof err);
+        if (r < 0) {
+                log_error("refusing to publish the new desired document of %s: %s", s.device_id,
+                          err);
+                return TWINCTL_EXIT_FAILURE;
+        }
+
+        s.wait_version = new_version;
+        r = broker_session_publish(b, topic, payload, strlen(payload), true,
+                                   twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS));
+        if (r < 0)
+                return broker_error_to_exit(r);
+
+        cfg = output_value(json_object_get(doc, "configId"), false);
+        if (args->json) {
+                result =
+                    json_pack("{s:s,s:I,s:O,s:O}", "deviceId", s.device_id, "version",
+                              (json_int_t)new_version, "configId",
+                              json_object_get(doc, "configId") ? json_object_get(doc, "configId")
+                                                               : json_null(),
+                              "desired", doc);
+                if (!result)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        } else {
+                printf("Published desired $version %" PRId64 " of %s (configId %s).\n", new_version,
+                       s.device_id, cfg ? cfg : "?");
+                fflush(stdout);
+        }
+
+        r = TWINCTL_EXIT_SUCCESS;
+        if (args->wait)
+                r = set_wait(&s, b, result);
+        if (result && output_json(result) < 0)
+                return TWINCTL_EXIT_FAILURE;
+        return r;
+}
+
+/* ---- watch -------------------------------------------------------------------------------- */
+
+static bool watch_converged(void *userdata)
+{
+        Service *s = userdata;
+        json_t *entry = service_entry(s, s->device_id);
+        json_t *desired = device_entry_get(entry, DEVICE_KIND_DESIRED);
+        enum DeviceState state;
+
+        if (!desired)
+                return false;
+        state = device_state(desired, device_entry_get(entry, DEVICE_KIND_REPORTED));
+        return state == DEVICE_STATE_SUCCESS || state == DEVICE_STATE_FAILED;
+}
+
+static bool never(void *userdata)
+{
+        return false;
+}
+
+int verb_watch(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(service_done) Service s = { .args = args, .watching = true };
+        _cleanup_broker_session_ BrokerSession *b = NULL;
+        json_t *entry, *status;
+        int r;
+
+        if (argc != 2) {
+                log_error("watch needs exactly one DEVICE");
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (check_device_id(argv[1]) < 0)
+                return TWINCTL_EXIT_USAGE;
+        s.device_id = argv[1];
+
+        r = service_open(&s, &b, s.device_id, true);
+        if (r != 0 || !b)
+                return r;
+
+        /* Without --timeout a watch runs until Ctrl-C. */
+        r = broker_session_wait(b, args->until_converged ? watch_converged : never, &s,
+                                args->timeout_ms > 0 ? twinctl_deadline(args, 0) : 0);
+        if (r == -EINTR)
+                return TWINCTL_EXIT_SUCCESS;
+        if (r == -ETIMEDOUT) {
+                if (!args->until_converged)
+                        return TWINCTL_EXIT_SUCCESS;
+                log_error("timed out waiting for %s to converge", s.device_id);
+                return TWINCTL_EXIT_TIMEOUT;
+        }
+        if (r < 0)
+                return broker_error_to_exit(r);
+
+        entry = service_entry(&s, s.device_id);
+        status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
+        if (device_state(device_entry_get(entry, DEVICE_KIND_DESIRED),
+                         device_entry_get(entry, DEVICE_KIND_REPORTED)) == DEVICE_STATE_FAILED) {
+                const char *error = json_string_value(json_object_get(status, "error"));
+                log_error("%s reported failed: %s", s.device_id,
+                          error ? error : "(no error given)");
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        }
+        return TWINCTL_EXIT_SUCCESS;
+}
+
+/* ---- list --------------------------------------------------------------------------------- */
+
+static bool list_matches(const TwinctlArgs *args, enum DeviceState state, bool online)
+{
+        /* The state filters widen each other (OR); --offline narrows them (AND). */
+        if ((args->filter_pending || args->filter_failed) &&
+            !((args->filter_pending && state == DEVICE_STATE_PENDING) ||
+              (args->filter_failed && state == DEVICE_STATE_FAILED)))
+                return false;
+        if (args->filter_offline && online)
+                return false;
+        return true;
+}
+
+int verb_list(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(service_done) Service s = { .args = args };
+        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_json_ json_t *out = NULL;
+        _cleanup_free_ const char **ids = NULL;
+        Table *t = NULL;
+        size_t n, i = 0, shown = 0;
+        const char *id;
+        json_t *entry;
+        int r;
+
+        if (argc != 1) {
+                log_error("list takes no arguments");
+                return TWINCTL_EXIT_USAGE;
+        }
+        r = service_open(&s, &b, "+", false);
+        if (r != 0)
+                return r;
+
+        n = json_object_size(s.map);
+        ids = calloc(n ? n : 1, sizeof(char *));
+        out = json_array();
+        t = table_new(
+            5, (const char *const[]){ "DEVICE", "DESIRED", "REPORTED", "STATE", "CONNECTION" });
+        if (!ids || !out || !t) {
+                table_free(t);
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        }
+        json_object_foreach (s.map, id, entry)
+                ids[i++] = id;
+        qsort(ids, n, sizeof(char *), compare_strings);
+
+        for (i = 0; i < n; i++) {
+                json_t *e = json_object_get(s.map, ids[i]);
+                json_t *desired = device_entry_get(e, DEVICE_KIND_DESIRED);
+                json_t *reported = device_entry_get(e, DEVICE_KIND_REPORTED);
+                json_t *connection = device_entry_get(e, DEVICE_KIND_CONNECTION);
+                json_t *dcfg = desired ? twin_config_id(desired) : NULL;
+                json_t *rcfg = reported ? twin_config_id(reported) : NULL;
+                enum DeviceState state = device_state(desired, reported);
+                bool online = device_is_online(connection);
+                const char *conn = connection ? (online ? "online" : "offline") : "unknown";
+                const char *state_name = device_state_to_string(state);
+                _cleanup_free_ char *dv = NULL, *rv = NULL;
+
+                if (!desired && !reported && !connection)
+                        continue; /* only deleted retained messages left */
+                if (!list_matches(args, state, online))
+                        continue;
+                shown++;
+                if (args->json) {
+                        json_t *row = json_pack(
+                            "{s:s,s:O,s:O,s:O,s:o,s:s}", "deviceId", ids[i], "desiredVersion",
+                            desired && twin_document_version(desired) >= 0
+                                ? json_object_get(desired, "$version")
+                                : json_null(),
+                            "desiredConfigId", dcfg ? dcfg : json_null(), "reportedConfigId",
+                            rcfg ? rcfg : json_null(), "state",
+                            state == DEVICE_STATE_NONE ? json_null() : json_string(state_name),
+                            "connection", conn);
+                        if (!row || json_array_append_new(out, row) < 0)
+                                goto oom;
+                        continue;
+                }
+                dv = dcfg ? output_value(dcfg, true) : NULL;
+                rv = rcfg ? output_value(rcfg, true) : NULL;
+                if (table_add_row(t, (const char *const[]){ ids[i], dv, rv, state_name, conn },
+                                  (const enum OutputColor[]){
+                                      OUTPUT_COLOR_NONE,
+                                      OUTPUT_COLOR_NONE,
+                                      OUTPUT_COLOR_NONE,
+                                      state_color(state_name),
+                                      online ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED,
+                                  }) < 0)
+                        goto oom;
+        }
+        if (args->json)
+                r = output_json(out) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
+        else {
+                if (shown > 0)
+                        table_print(t);
+                else
+                        printf("No devices%s under %s/ on %s.\n",
+                               args->filter_pending || args->filter_failed || args->filter_offline
+                                   ? " match"
+                                   : "",
+                               args->topic_root, args->broker_url);
+                r = TWINCTL_EXIT_SUCCESS;
+        }
+        table_free(t);
+        return r;
+oom:
+        table_free(t);
+        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+}
