@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+import twinlib
 from twinlib import WAIT, poll, twind_binary
 
 WATCHDOG_USEC = 400000
@@ -207,8 +208,9 @@ def test_notify_ready_then_status_follows_the_broker(agent, broker, notify):
     assert agent.stop() == 0, agent.log_tail()
 
 
-def test_notify_status_while_applying(agent, broker, notify, make_apply, service):
-    apply = make_apply(sleep=1.0)
+def test_notify_status_while_applying(agent, broker, notify, service, short_dir):
+    # In a short directory: twind.conf lines are limited to 199 characters.
+    apply = twinlib.ApplyScript(short_dir, sleep=1.0)
     agent.configure("apply", "command", apply.command)
     start_under_notify(agent, notify)
     service.wait_connection("online")
