@@ -6,6 +6,11 @@
  * when stderr is connected to the journal (JOURNAL_STREAM names it). Structured fields on the
  * lines about applies. Errors are negative errno values; log_*_errno() return them unchanged so
  * that "return log_error_errno(r, ...)" logs once where the error is handled.
+ *
+ * Whatever is passed is written out: callers never put secrets (passwords, key material) in a
+ * message or a field. On stderr, info lines are the bare message and warnings/errors are
+ * prefixed "warning: " / "error: ". Prefer the appended ": strerror" over %m: -Wpedantic
+ * rejects %m in a printf-checked format.
  */
 
 #include <stdint.h>
