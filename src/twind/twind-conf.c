@@ -430,9 +430,12 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
                 verify_error(err, errlen, "out of memory");
                 return -ENOMEM;
         }
+        /* broker_url_parse's reason already quotes the URL. */
+        if (r < 0 && reason[0])
+                return verify_error(err, errlen, "[broker] url: %s", reason);
         if (r < 0)
-                return verify_error(err, errlen, "[broker] url: '%s': %s", c->broker_url,
-                                    reason[0] ? reason : "not a valid broker address");
+                return verify_error(err, errlen, "[broker] url: '%s' is not a valid broker address",
+                                    c->broker_url);
 
         if (!c->topic_root || !twin_topic_root_is_valid(c->topic_root))
                 return verify_error(err, errlen,
