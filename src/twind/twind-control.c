@@ -25,7 +25,9 @@
 #include "json-util.h"
 #include "log.h"
 
-#define CONTROL_LISTEN_BACKLOG 128
+/* As deep as the kernel allows (net.core.somaxconn caps it): a burst of clients connecting at
+ * once waits in the kernel instead of failing with EAGAIN. */
+#define CONTROL_LISTEN_BACKLOG SOMAXCONN
 #define CONTROL_READ_CHUNK     4096
 /* A client whose queued output reaches this is paused until it falls to the low mark. Replies
  * therefore never push a client near CONTROL_OUTPUT_MAX; only events, which cannot wait, can. */
