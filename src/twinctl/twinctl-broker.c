@@ -262,7 +262,11 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
         if (r == -EINTR)
                 return r;
         if (r < 0) {
-                log_error("cannot reach broker %s: %s", s->url, strerror(-r));
+                /* For name lookups and TLS the client's reason says more than errno does. */
+                if ((r == -EPROTO || r == -EHOSTUNREACH) && s->reason[0])
+                        log_error("cannot reach broker %s: %s", s->url, s->reason);
+                else
+                        log_error("cannot reach broker %s: %s", s->url, strerror(-r));
                 log_debug("broker %s: %s", s->url, s->reason);
                 return -ENOTCONN;
         }

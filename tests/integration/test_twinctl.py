@@ -734,3 +734,23 @@ def test_agent_unreachable(tmp_path):
         r = twinctl(None, "--socket", str(tmp_path / "nothing.sock"), verb)
         assert r.returncode == EXIT_UNREACHABLE, r.stderr
         assert "nothing.sock" in r.stderr
+
+
+def test_broker_refusing_credentials_is_access_denied(tmp_path):
+    port = twinlib.free_port()
+    conf = tmp_path / "closed.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\n")
+    pw = tmp_path / "password"
+    pw.write_text("secret\n")
+    proc = subprocess.Popen([twinlib.MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert twinlib.poll(lambda: twinlib.port_accepts(port), 10), "mosquitto did not start"
+        r = subprocess.run([twinctl_binary(), "--broker", f"mqtt://127.0.0.1:{port}",
+                            "--username", "someone", "--password-file", str(pw), "list"],
+                           capture_output=True, text=True, timeout=30, env=environment())
+        assert r.returncode == EXIT_ACCESS_DENIED, r.stderr
+        assert "refused" in r.stderr and "secret" not in r.stderr
+    finally:
+        proc.terminate()
+        proc.wait(10)
