@@ -122,11 +122,10 @@ def fill(directory):
     """Writes a file until the file system is full; returns its path."""
     path = os.path.join(directory, "filler")
     chunk = b"\0" * 4096
-    with open(path, "wb") as f:
+    with open(path, "wb", buffering=0) as f:
         for _ in range(1024):  # 4 MiB at most: far beyond the 64 KiB tmpfs
             try:
                 f.write(chunk)
-                f.flush()
             except OSError as e:
                 assert e.errno == errno.ENOSPC, e
                 break

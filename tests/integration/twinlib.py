@@ -121,9 +121,11 @@ class Broker:
 
 APPLY_SCRIPT = r'''
 import json, os, sys, time
-# Records one invocation (argv, stdin, the TWIN_* environment, pid), then behaves as the
-# behaviour file next to it says (rewritten by the test between applies).
-log, behaviour = sys.argv[1], sys.argv[2]
+# Records one invocation (argv, stdin, the TWIN_* environment, pid) in NAME.log, then behaves
+# as NAME.behaviour.json says (rewritten by the test between applies). Paths derive from the
+# script's own, to keep the command line short.
+base = os.path.splitext(os.path.abspath(sys.argv[0]))[0]
+log, behaviour = base + ".log", base + ".behaviour.json"
 data = sys.stdin.read()
 rec = {
     "argv": sys.argv,
@@ -158,7 +160,7 @@ class ApplyScript:
         with open(self.script, "w") as f:
             f.write(APPLY_SCRIPT)
         self.behave(**behaviour)
-        self.command = f"{PYTHON} {self.script} {self.log} {self.behaviour}"
+        self.command = f"{PYTHON} {self.script}"
 
     def behave(self, sleep=0.0, exit=0, stderr=""):
         tmp = self.behaviour + ".tmp"
@@ -192,6 +194,7 @@ class Agent:
         self.socket = os.path.join(self.dir, "control.sock")
         self.log = os.path.join(self.dir, "twind.log")
         self.proc = None
+        self.stopping = False  # an exit is expected: we signalled or killed it
         self.settings = {
             "broker": {"url": broker.url, "keepalive": "5", "topic_root": TOPIC_ROOT},
             "device": {"id": device_id},
@@ -234,6 +237,7 @@ class Agent:
 
     def start(self, *extra):
         assert not self.running(), "agent already running"
+        self.stopping = False
         with open(self.log, "ab") as logf:
             logf.write(f"---- start twind {' '.join(extra)}\n".encode())
             logf.flush()
@@ -262,6 +266,8 @@ class Agent:
 
     def signal(self, sig):
         assert self.running(), "agent is not running:\n" + self.log_tail()
+        if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
+            self.stopping = True
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout=10.0):
@@ -280,6 +286,7 @@ class Agent:
 
     def kill(self):
         """SIGKILL: the agent vanishes without a word."""
+        self.stopping = True
         self.proc.kill()
         self.proc.wait(5)
 
@@ -297,6 +304,10 @@ class Agent:
 
     def log_tail(self, lines=40):
         return tail(self.log, lines)
+
+    def died(self):
+        """True when the agent exited without being asked to."""
+        return self.proc is not None and not self.stopping and self.proc.poll() is not None
 
     def assert_alive(self):
         assert self.running(), (
@@ -404,8 +415,20 @@ class Service:
         )
 
     def wait_for(self, predicate, what, timeout=WAIT):
-        if not poll(predicate, timeout):
+        died = []
+
+        def check():
+            if predicate():
+                return True
+            if self.agent and self.agent.died():
+                died.append(self.agent.proc.returncode)
+                return True
+            return False
+
+        if not poll(check, timeout):
             self.fail(what, timeout)
+        if died and not predicate():
+            self.fail(what + f" (twind exited with {died[0]})", timeout)
 
     def wait_reported(self, predicate, what, mark=0, timeout=WAIT):
         """Waits for a reported document (received after mark) for which predicate is true;
