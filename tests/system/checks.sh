@@ -1,0 +1,154 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+#
+# Runs inside the test container as root, from twind-checks.service, once the system is up
+# (mosquitto running, twind.socket listening, twind.service not started yet). Prints one
+# "ok N - ..." or "not ok N - ..." line per check, then writes the verdict to /out/result and
+# exits non-zero when a check failed. Every wait is bounded.
+
+set -u
+
+export TWINCTL_BROKER=mqtt://127.0.0.1:1883
+DEVICE=myDeviceId
+APPLY_LOG=/var/lib/twind/applied.log # appended to by the test's apply command
+SOCKET=/run/twind/control.sock
+
+n=0
+failed=0
+
+ok() {
+        n=$((n + 1))
+        echo "ok $n - $*"
+}
+not_ok() {
+        n=$((n + 1))
+        failed=$((failed + 1))
+        echo "not ok $n - $*"
+}
+# check DESCRIPTION COMMAND...: one report line for the command's success.
+check() {
+        local desc=$1
+        shift
+        if "$@"; then ok "$desc"; else not_ok "$desc"; fi
+}
+# wait_for SECONDS COMMAND...: succeeds as soon as COMMAND does; fails after SECONDS.
+wait_for() {
+        local deadline=$((SECONDS + $1))
+        shift
+        until "$@"; do
+                ((SECONDS < deadline)) || return 1
+                sleep 0.2
+        done
+}
+not() { ! "$@"; }
+equals() { [[ $1 == "$2" ]] || { echo "#   expected '$2', got '$1'"; return 1; }; }
+
+prop() { systemctl show -P "$1" twind.service; }
+status_json() { twinctl status --json 2>/dev/null; }
+status_field() { status_json | jq -r "$1"; }
+connected() { [[ $(status_field .connected) == true ]]; }
+applies() { if [[ -f $APPLY_LOG ]]; then wc -l <"$APPLY_LOG"; else echo 0; fi; }
+active() { systemctl is-active --quiet twind.service; }
+# restarted RESTARTS PID: systemd counted a restart and runs a new, active main process.
+restarted() {
+        local pid
+        pid=$(prop MainPID)
+        [[ $(prop NRestarts) -gt $1 && $pid != "$2" && $pid != 0 ]] && active
+}
+journal_has_apply() {
+        journalctl -u twind.service "TWIN_CONFIG_ID=$1" -o verbose --no-pager -q 2>/dev/null |
+                grep -q "TWIN_DEVICE_ID=$DEVICE"
+}
+# A desired document that asks for no change (the same configId): once it is answered, the
+# retained desired document delivered on (re)connect has been handled too, in order.
+barrier() {
+        twinctl set "$DEVICE" "configId=$1" --wait --timeout 60 >/dev/null
+}
+
+echo "# twind under systemd $(systemctl --version | head -n1 | cut -d' ' -f2)"
+
+# ---- the socket unit, before the agent runs
+check "twind.socket is listening" systemctl is-active --quiet twind.socket
+check "the control socket is root:twind, mode 0660" \
+        equals "$(stat -c '%U:%G %a' "$SOCKET" 2>&1)" "root:twind 660"
+check "twind.service is not running yet" not active
+
+# ---- the installed unit's sandbox, as the running systemd sees it
+exposure=$(systemd-analyze security --no-pager twind.service 2>&1 |
+        sed -n 's/^.*Overall exposure level for twind.service: \([0-9.]*\).*$/\1/p')
+echo "#   systemd-analyze security twind.service: exposure ${exposure:-?}"
+check "the installed twind.service scores an exposure below 1.0" \
+        eval '[[ $exposure =~ ^0\.[0-9]+$ ]]'
+
+# ---- start
+check "systemctl start twind succeeds" systemctl start twind.service
+check "twind.service is active" active
+check "it runs as user twind" equals "$(ps -o user= -p "$(prop MainPID)" | tr -d ' ')" twind
+check "it connects to the broker" wait_for 30 connected
+check "its StatusText says it is connected" wait_for 10 eval '[[ $(prop StatusText) == *"connected to"* ]]'
+
+# ---- the control socket, through the socket unit
+out=$(twinctl status 2>&1)
+rc=$?
+printf '#   %s\n' "${out//$'\n'/$'\n'#   }"
+check "twinctl status answers" equals "$rc" 0
+check "twinctl status names the device" equals "$(status_field .deviceId)" "$DEVICE"
+
+# ---- a configuration from the service side
+applies_before=$(applies)
+out=$(twinctl set "$DEVICE" sendFrequency=5m --wait --timeout 60 2>&1)
+rc=$?
+printf '#   %s\n' "${out//$'\n'/$'\n'#   }"
+check "twinctl set $DEVICE sendFrequency=5m --wait converges" equals "$rc" 0
+config_id=$(status_field .configId)
+check "the agent runs the new configuration" equals "$(status_field .applied.sendFrequency)" 5m
+check "the apply command ran once" equals "$(applies)" "$((applies_before + 1))"
+check "journalctl -u twind TWIN_CONFIG_ID=$config_id shows the apply" \
+        wait_for 10 journal_has_apply "$config_id"
+
+# ---- reload
+pid=$(prop MainPID)
+check "systemctl reload twind succeeds" systemctl reload twind.service
+check "it is still active after the reload" active
+check "the same process runs after the reload" equals "$(prop MainPID)" "$pid"
+check "it still answers after the reload" equals "$(status_field .deviceId)" "$DEVICE"
+
+# ---- SIGKILL: systemd restarts it; no re-apply, the state is kept
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+applies_before=$(applies)
+systemctl kill -s SIGKILL --kill-who=main twind.service
+check "after SIGKILL systemd restarts it" wait_for 30 restarted "$restarts" "$pid"
+check "it reconnects after the restart" wait_for 30 connected
+check "the desired configuration is answered after the restart" barrier "$config_id"
+check "no re-apply after the restart" equals "$(applies)" "$applies_before"
+check "the applied configId is kept" equals "$(status_field .configId)" "$config_id"
+check "the applied properties are kept" equals "$(status_field .applied.sendFrequency)" 5m
+check "the state file belongs to twind" equals "$(stat -c %U /var/lib/twind/state.json 2>&1)" twind
+
+# ---- SIGSTOP: the watchdog (WatchdogSec=3 in this root) catches the stalled loop
+restarts=$(prop NRestarts)
+pid=$(prop MainPID)
+applies_before=$(applies)
+systemctl kill -s SIGSTOP --kill-who=main twind.service
+check "a stopped agent is restarted" wait_for 60 restarted "$restarts" "$pid"
+check "by the watchdog" eval 'journalctl -u twind.service --no-pager -q | grep -qi "watchdog timeout"'
+check "it reconnects after the watchdog restart" wait_for 30 connected
+check "the desired configuration is answered after the watchdog restart" barrier "$config_id"
+check "no re-apply after the watchdog restart" equals "$(applies)" "$applies_before"
+
+# ---- socket activation: the socket outlives the service and starts it on demand
+check "systemctl stop twind succeeds" systemctl stop twind.service 2>/dev/null # "can still be activated"
+check "the control socket stays while the service is stopped" test -S "$SOCKET"
+check "twind.socket keeps listening" systemctl is-active --quiet twind.socket
+check "twinctl status starts the agent through the socket" \
+        equals "$(status_field .deviceId)" "$DEVICE"
+check "twind.service is active again" active
+
+echo "1..$n"
+if ((failed == 0)); then
+        echo "pass: $n checks" >/out/result
+        exit 0
+fi
+echo "fail: $failed of $n checks" >/out/result
+exit 1
