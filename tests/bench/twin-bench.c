@@ -1,0 +1,826 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * twin-bench: convergence latency of twind against the physical floor, burst coalescing, fleet
+ * scale, footprint and idle cost, all in one run against one private mosquitto on loopback.
+ * See docs/performance.md for the command and the figures.
+ */
+#include "bench-agent.h"
+#include "bench-broker.h"
+#include "bench-client.h"
+#include "bench-echo.h"
+#include "bench-util.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <mosquitto.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum {
+        SECTION_FLOOR = 1 << 0,
+        SECTION_TWIND = 1 << 1,
+        SECTION_BURST = 1 << 2,
+        SECTION_FLEET = 1 << 3,
+        SECTION_FOOTPRINT = 1 << 4,
+        SECTION_ALL = (1 << 5) - 1,
+};
+
+static const struct {
+        const char *name;
+        unsigned bit;
+} section_names[] = {
+        { "floor", SECTION_FLOOR }, { "twind", SECTION_TWIND },         { "burst", SECTION_BURST },
+        { "fleet", SECTION_FLEET }, { "footprint", SECTION_FOOTPRINT },
+};
+
+typedef struct Options {
+        const char *twind;
+        const char *mosquitto;
+        const char *tmpdir;
+        const char *fleet_apply;
+        unsigned sections;
+        size_t updates, warmup, burst, devices, ready_runs;
+        int idle_settle_s, idle_window_s;
+        bool markdown, keep;
+} Options;
+
+typedef struct Row {
+        char section[16], measure[80], value[48], target[40], met[16];
+} Row;
+
+typedef struct Bench {
+        Options o;
+        char dir[256];
+        Broker broker;
+        BenchClient *client;
+        Row rows[128];
+        size_t n_rows;
+        Percentiles floor_fsync;
+        bool have_floor_fsync;
+} Bench;
+
+static void row_add(Bench *b, const char *section, const char *measure, const char *target,
+                    const char *met, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+static void row_add(Bench *b, const char *section, const char *measure, const char *target,
+                    const char *met, const char *fmt, ...)
+{
+        Row *r;
+        va_list ap;
+
+        if (b->n_rows >= sizeof(b->rows) / sizeof(b->rows[0]))
+                return;
+        r = &b->rows[b->n_rows++];
+        snprintf(r->section, sizeof(r->section), "%s", section);
+        snprintf(r->measure, sizeof(r->measure), "%s", measure);
+        snprintf(r->target, sizeof(r->target), "%s", target ? target : "");
+        snprintf(r->met, sizeof(r->met), "%s", met ? met : "");
+        va_start(ap, fmt);
+        vsnprintf(r->value, sizeof(r->value), fmt, ap);
+        va_end(ap);
+        if (!b->o.markdown) /* progress while the run goes on */
+                fprintf(stderr, "  %-10s %-48s %s\n", section, measure, r->value);
+}
+
+static const char *verdict(bool met)
+{
+        return met ? "yes" : "NO";
+}
+
+static void row_percentiles(Bench *b, const char *section, const char *what, const Percentiles *p)
+{
+        char m[80];
+
+        snprintf(m, sizeof(m), "%s p50 / p90 / p99 (n=%zu)", what, p->n);
+        row_add(b, section, m, NULL, NULL, "%.3f / %.3f / %.3f ms", p->p50, p->p90, p->p99);
+}
+
+/* Waits until the tracker's devices all said "online". */
+static int wait_online(Bench *b, Tracker *t, int timeout_ms)
+{
+        int r;
+
+        r = bench_client_wait(b->client, &t->n_online, t->n, timeout_ms);
+        if (r < 0)
+                fprintf(stderr, "%s: only %zu of %zu devices came online: %s\n", t->prefix,
+                        t->n_online, t->n, strerror(-r));
+        return r;
+}
+
+/* One device, sequential updates: desired publish -> success report for that version. */
+static int measure_latency(Bench *b, Tracker *t, int64_t *version, size_t warmup, size_t n,
+                           Percentiles *ret)
+{
+        char device[96];
+        uint64_t *samples;
+        int r = 0;
+
+        samples = calloc(n, sizeof(*samples));
+        if (!samples)
+                return -ENOMEM;
+        snprintf(device, sizeof(device), "%s-0", t->prefix);
+        for (size_t i = 0; i < warmup + n; i++) {
+                uint64_t t0;
+
+                tracker_set_target(t, ++*version);
+                t0 = now_ns();
+                r = bench_client_publish_desired(b->client, device, *version);
+                if (r < 0)
+                        break;
+                r = bench_client_wait(b->client, &t->n_at_target, 1, 10000);
+                if (r < 0) {
+                        fprintf(stderr, "%s: no success for version %" PRId64 ": %s\n", device,
+                                *version, strerror(-r));
+                        break;
+                }
+                if (i >= warmup)
+                        samples[i - warmup] = t->success_ns[0] - t0;
+        }
+        if (r == 0)
+                percentiles_compute(samples, n, ret);
+        free(samples);
+        return r;
+}
+
+static int section_floor(Bench *b)
+{
+        static const char *const names[] = { "floor", "floorfsync" };
+        char fsync_path[512];
+        int r = 0;
+
+        snprintf(fsync_path, sizeof(fsync_path), "%s/floor-fsync.dat", b->dir);
+        for (size_t k = 0; k < 2 && r == 0; k++) {
+                Tracker *t = tracker_new(names[k], 1);
+                char id[64];
+                Percentiles p;
+                int64_t version = 0;
+                pid_t pid;
+
+                if (!t)
+                        return -ENOMEM;
+                snprintf(id, sizeof(id), "%s-0", names[k]);
+                fflush(NULL);
+                pid = echo_device_spawn(b->broker.port, id, k ? fsync_path : NULL);
+                if (pid < 0) {
+                        tracker_free(t);
+                        return pid;
+                }
+                bench_client_track(b->client, t);
+                /* The desired document is retained: the device answers it once subscribed. */
+                r = measure_latency(b, t, &version, b->o.warmup, b->o.updates, &p);
+                if (r == 0) {
+                        row_percentiles(b, "floor",
+                                        k ? "echo device, fsync'd write" : "echo device", &p);
+                        if (k) {
+                                b->floor_fsync = p;
+                                b->have_floor_fsync = true;
+                        }
+                }
+                bench_client_track(b->client, NULL);
+                process_stop(pid, 2000);
+                tracker_free(t);
+        }
+        return r;
+}
+
+static int start_agent(Bench *b, Agent *a, Tracker *t, const char *apply_command)
+{
+        char id[96];
+        int r;
+
+        snprintf(id, sizeof(id), "%s-0", t->prefix);
+        r = agent_prepare(a, b->dir, id, b->broker.port, apply_command);
+        if (r >= 0)
+                r = agent_spawn(a, b->o.twind, NULL, NULL);
+        if (r >= 0)
+                r = wait_online(b, t, 10000);
+        if (r < 0)
+                fprintf(stderr, "Failed to start twind for %s (see %s): %s\n", id, a->log,
+                        strerror(-r));
+        return r;
+}
+
+static int section_twind(Bench *b)
+{
+        static const char *const names[] = { "twindnocmd", "twindtrue" };
+        int r = 0;
+
+        for (size_t k = 0; k < 2 && r == 0; k++) {
+                Tracker *t = tracker_new(names[k], 1);
+                const char *what = k ? "twind, apply /bin/true" : "twind, no apply command";
+                int64_t version = 0;
+                Agent a;
+                Percentiles p;
+
+                if (!t)
+                        return -ENOMEM;
+                bench_client_track(b->client, t);
+                r = start_agent(b, &a, t, k ? "/bin/true" : NULL);
+                if (r == 0)
+                        r = measure_latency(b, t, &version, b->o.warmup, b->o.updates, &p);
+                if (r == 0) {
+                        row_percentiles(b, "twind", what, &p);
+                        if (b->have_floor_fsync) {
+                                char m[96];
+                                double q50 = p.p50 / b->floor_fsync.p50;
+                                double q99 = p.p99 / b->floor_fsync.p99;
+
+                                snprintf(m, sizeof(m), "%s: p50 / floor-with-fsync p50", what);
+                                row_add(b, "twind", m, "<= 1.25", verdict(q50 <= 1.25), "%.2f",
+                                        q50);
+                                snprintf(m, sizeof(m), "%s: p99 / floor-with-fsync p99", what);
+                                row_add(b, "twind", m, "<= 2", verdict(q99 <= 2.0), "%.2f", q99);
+                        }
+                }
+                bench_client_track(b->client, NULL);
+                if (a.pid > 0)
+                        agent_reap(&a, 5000);
+                tracker_free(t);
+        }
+        return r;
+}
+
+static int section_burst(Bench *b)
+{
+        char script[512], counter[512], content[1200];
+        const char *names[] = { "burstcount", "burstnocmd" };
+        int r;
+
+        /* The apply command counts its own runs, independently of the agent's counters. */
+        snprintf(script, sizeof(script), "%s/count-apply.sh", b->dir);
+        snprintf(counter, sizeof(counter), "%s/burst-applies.log", b->dir);
+        snprintf(content, sizeof(content), "#!/bin/sh\necho \"$TWIN_DESIRED_VERSION\" >> '%s'\n",
+                 counter);
+        r = write_file(script, content, 0755);
+        if (r < 0)
+                return r;
+
+        for (size_t k = 0; k < 2 && r == 0; k++) {
+                Tracker *t = tracker_new(names[k], 1);
+                int64_t version = 0;
+                long applies0 = 0, applies1 = 0, lines0, lines1;
+                size_t pending0, success0;
+                uint64_t t0;
+                char device[96], m[96];
+                const char *what = k ? "no apply command" : "counting apply script";
+                Agent a;
+
+                if (!t)
+                        return -ENOMEM;
+                snprintf(device, sizeof(device), "%s-0", names[k]);
+                bench_client_track(b->client, t);
+                r = start_agent(b, &a, t, k ? NULL : script);
+                if (r == 0) {
+                        Percentiles dummy;
+
+                        /* One update first, so that the burst starts from a settled agent. */
+                        r = measure_latency(b, t, &version, 0, 1, &dummy);
+                }
+                if (r == 0)
+                        r = agent_applies(&a, &applies0);
+                if (r == 0) {
+                        lines0 = count_lines(counter);
+                        pending0 = t->n_pending;
+                        success0 = t->n_success;
+                        tracker_set_target(t, version + (int64_t)b->o.burst);
+                        t0 = now_ns();
+                        for (size_t i = 0; i < b->o.burst && r == 0; i++)
+                                r = bench_client_publish_desired(b->client, device, ++version);
+                        if (r == 0)
+                                r = bench_client_wait(b->client, &t->n_at_target, 1, 300000);
+                        if (r < 0)
+                                fprintf(stderr, "%s: burst did not converge: %s\n", device,
+                                        strerror(-r));
+                }
+                if (r == 0) {
+                        /* Let a report that would follow the last success arrive too. */
+                        bench_client_wait(b->client, NULL, 0, 200);
+                        r = agent_applies(&a, &applies1);
+                }
+                if (r == 0) {
+                        lines1 = count_lines(counter);
+                        snprintf(m, sizeof(m), "%zu updates, %s: time to last applied", b->o.burst,
+                                 what);
+                        row_add(b, "burst", m, NULL, NULL, "%.1f ms",
+                                (double)(t->success_ns[0] - t0) / 1e6);
+                        snprintf(m, sizeof(m), "%zu updates, %s: applies run", b->o.burst, what);
+                        if (k)
+                                row_add(b, "burst", m, NULL, NULL, "%ld", applies1 - applies0);
+                        else
+                                row_add(b, "burst", m, NULL, NULL, "%ld (agent), %ld (script)",
+                                        applies1 - applies0, lines1 - lines0);
+                        snprintf(m, sizeof(m), "%zu updates, %s: reports pending / success",
+                                 b->o.burst, what);
+                        row_add(b, "burst", m, NULL, NULL, "%zu / %zu", t->n_pending - pending0,
+                                t->n_success - success0);
+                }
+                bench_client_track(b->client, NULL);
+                if (a.pid > 0)
+                        agent_reap(&a, 5000);
+                tracker_free(t);
+        }
+        return r;
+}
+
+static int section_fleet(Bench *b)
+{
+        size_t n = b->o.devices;
+        Tracker *t = tracker_new("fleet", n);
+        Agent *agents = calloc(n, sizeof(*agents));
+        uint64_t *samples = calloc(n, sizeof(*samples));
+        uint64_t t0, spawn0, last = 0;
+        long pss = 0, rss = 0, dirty = 0;
+        size_t measured = 0;
+        char m[96];
+        Percentiles p;
+        int r = 0;
+
+        if (!t || !agents || !samples) {
+                r = -ENOMEM;
+                goto out;
+        }
+        bench_client_track(b->client, t);
+        spawn0 = now_ns();
+        for (size_t i = 0; i < n && r == 0; i++) {
+                char id[64];
+
+                snprintf(id, sizeof(id), "fleet-%zu", i);
+                r = agent_prepare(&agents[i], b->dir, id, b->broker.port, b->o.fleet_apply);
+                if (r == 0)
+                        r = agent_spawn(&agents[i], b->o.twind, NULL, NULL);
+        }
+        if (r == 0)
+                r = wait_online(b, t, 30000 + (int)n * 100);
+        if (r < 0)
+                goto out;
+        snprintf(m, sizeof(m), "%zu agents: start to all online", n);
+        row_add(b, "fleet", m, NULL, NULL, "%.0f ms", (double)(now_ns() - spawn0) / 1e6);
+        /* Let the start-up reports and subscriptions settle before the update. */
+        bench_client_wait(b->client, NULL, 0, 1000);
+
+        tracker_set_target(t, 1);
+        t0 = now_ns();
+        for (size_t i = 0; i < n && r == 0; i++)
+                r = bench_client_publish_desired(b->client, agents[i].id, 1);
+        if (r == 0)
+                r = bench_client_wait(b->client, &t->n_at_target, n, 120000);
+        if (r < 0) {
+                fprintf(stderr, "fleet: %zu of %zu converged: %s\n", t->n_at_target, n,
+                        strerror(-r));
+                goto out;
+        }
+        for (size_t i = 0; i < n; i++) {
+                samples[i] = t->success_ns[i] - t0;
+                if (samples[i] > last)
+                        last = samples[i];
+        }
+        percentiles_compute(samples, n, &p);
+        snprintf(m, sizeof(m), "%zu agents, one update each%s: all report success", n,
+                 b->o.fleet_apply ? " (with apply command)" : "");
+        row_add(b, "fleet", m, n >= 1000 ? "<= 2 s (1000 agents)" : "(target is for 1000)",
+                n >= 1000 ? verdict(last <= 2000000000u) : "-", "%.0f ms", (double)last / 1e6);
+        row_percentiles(b, "fleet", "per-agent convergence", &p);
+
+        for (size_t i = 0; i < n; i++) {
+                MemInfo mi;
+
+                if (proc_mem(agents[i].pid, &mi) == 0) {
+                        pss += mi.pss_kib;
+                        rss += mi.rss_kib;
+                        dirty += mi.private_dirty_kib;
+                        measured++;
+                }
+        }
+        if (measured > 0) {
+                snprintf(m, sizeof(m), "%zu agents: total PSS", measured);
+                row_add(b, "fleet", m, NULL, NULL, "%.1f MiB", (double)pss / 1024);
+                row_add(b, "fleet", "per agent: PSS / RSS / Private_Dirty", NULL, NULL,
+                        "%.0f / %.0f / %.0f KiB", (double)pss / (double)measured,
+                        (double)rss / (double)measured, (double)dirty / (double)measured);
+        }
+out:
+        bench_client_track(b->client, NULL);
+        if (agents) {
+                for (size_t i = 0; i < n; i++)
+                        agent_kill(&agents[i]);
+                for (size_t i = 0; i < n; i++)
+                        if (agents[i].pid > 0)
+                                agent_reap(&agents[i], 10000);
+        }
+        free(agents);
+        free(samples);
+        tracker_free(t);
+        return r;
+}
+
+static int measure_ready(Bench *b, const char *id, const char *notify_path, Agent *a,
+                         double *ret_ms)
+{
+        uint64_t start, ready;
+        int fd, r;
+
+        fd = notify_socket_new(notify_path);
+        if (fd < 0)
+                return fd;
+        r = agent_prepare(a, b->dir, id, b->broker.port, "/bin/true");
+        if (r == 0)
+                r = agent_spawn(a, b->o.twind, notify_path, &start);
+        if (r == 0)
+                r = notify_wait_ready(fd, 10000, &ready);
+        if (r < 0) {
+                fprintf(stderr, "%s: no READY=1: %s\n", id, strerror(-r));
+                close(fd);
+                return r;
+        }
+        *ret_ms = (double)(ready - start) / 1e6;
+        return fd;
+}
+
+static int section_footprint(Bench *b)
+{
+        uint64_t *samples = calloc(b->o.ready_runs, sizeof(*samples));
+        Tracker *t = tracker_new("idle", 1);
+        long vol0, vol1, invol0, invol1;
+        char notify_path[512];
+        int64_t version = 0;
+        Percentiles p;
+        MemInfo mi;
+        Agent a = { 0 };
+        double ms;
+        int fd = -1, threads, r = 0;
+
+        if (!samples || !t) {
+                r = -ENOMEM;
+                goto out;
+        }
+        snprintf(notify_path, sizeof(notify_path), "%s/notify.sock", b->dir);
+
+        /* exec -> READY=1, several fresh starts (each with its own empty state directory). */
+        for (size_t i = 0; i < b->o.ready_runs && r == 0; i++) {
+                char id[64];
+                Agent ra;
+
+                snprintf(id, sizeof(id), "ready-%zu", i);
+                fd = measure_ready(b, id, notify_path, &ra, &ms);
+                if (fd < 0) {
+                        r = fd;
+                        fd = -1;
+                        if (ra.pid > 0)
+                                agent_reap(&ra, 5000);
+                        break;
+                }
+                samples[i] = (uint64_t)(ms * 1e6);
+                close(fd);
+                fd = -1;
+                agent_reap(&ra, 5000);
+        }
+        if (r < 0)
+                goto out;
+        percentiles_compute(samples, b->o.ready_runs, &p);
+        {
+                char m[80];
+
+                snprintf(m, sizeof(m), "exec -> READY=1, p50 / max of %zu starts", b->o.ready_runs);
+                row_add(b, "footprint", m, "<= 20 ms", verdict(p.p50 <= 20.0), "%.1f / %.1f ms",
+                        p.p50, p.max);
+        }
+
+        /* The agent that idles: started, one apply, then left alone. */
+        bench_client_track(b->client, t);
+        fd = measure_ready(b, "idle-0", notify_path, &a, &ms);
+        if (fd < 0) {
+                r = fd;
+                fd = -1;
+                goto out;
+        }
+        bench_client_set_drain_fd(b->client, fd);
+        r = wait_online(b, t, 10000);
+        if (r == 0)
+                r = measure_latency(b, t, &version, 0, 1, &p);
+        if (r < 0)
+                goto out;
+
+        bench_client_wait(b->client, NULL, 0, b->o.idle_settle_s * 1000);
+        r = proc_mem(a.pid, &mi);
+        if (r < 0)
+                goto out;
+        {
+                char m[80];
+
+                snprintf(m, sizeof(m), "after %d s idle: RSS", b->o.idle_settle_s);
+                row_add(b, "footprint", m, "<= 6 MiB", verdict(mi.rss_kib <= 6 * 1024), "%.2f MiB",
+                        (double)mi.rss_kib / 1024);
+                snprintf(m, sizeof(m), "after %d s idle: PSS", b->o.idle_settle_s);
+                row_add(b, "footprint", m, NULL, NULL, "%.2f MiB", (double)mi.pss_kib / 1024);
+                snprintf(m, sizeof(m), "after %d s idle: Private_Dirty", b->o.idle_settle_s);
+                row_add(b, "footprint", m, "<= 1 MiB", verdict(mi.private_dirty_kib <= 1024),
+                        "%.2f MiB", (double)mi.private_dirty_kib / 1024);
+        }
+
+        r = proc_ctxt_switches(a.pid, &vol0, &invol0, &threads);
+        if (r < 0)
+                goto out;
+        bench_client_wait(b->client, NULL, 0, b->o.idle_window_s * 1000);
+        r = proc_ctxt_switches(a.pid, &vol1, &invol1, &threads);
+        if (r < 0)
+                goto out;
+        {
+                char m[80];
+                double w = (double)(vol1 - vol0) / b->o.idle_window_s;
+
+                snprintf(m, sizeof(m), "idle wakeups (voluntary switches over %d s)",
+                         b->o.idle_window_s);
+                row_add(b, "footprint", m, "<= 0.1 /s", verdict(w <= 0.1), "%.3f /s (%ld)", w,
+                        vol1 - vol0);
+                row_add(b, "footprint", "idle involuntary switches; threads", NULL, NULL, "%ld; %d",
+                        invol1 - invol0, threads);
+        }
+out:
+        bench_client_set_drain_fd(b->client, -1);
+        bench_client_track(b->client, NULL);
+        if (a.pid > 0)
+                agent_reap(&a, 5000);
+        if (fd >= 0)
+                close(fd);
+        free(samples);
+        tracker_free(t);
+        return r;
+}
+
+static void print_table(const Bench *b)
+{
+        if (b->o.markdown) {
+                printf("| section | measure | value | target | met |\n");
+                printf("|---|---|---|---|---|\n");
+                for (size_t i = 0; i < b->n_rows; i++) {
+                        const Row *r = &b->rows[i];
+
+                        printf("| %s | %s | %s | %s | %s |\n", r->section, r->measure, r->value,
+                               r->target, r->met);
+                }
+                return;
+        }
+        printf("\n%-10s %-62s %-26s %-22s %s\n", "section", "measure", "value", "target", "met");
+        for (size_t i = 0; i < b->n_rows; i++) {
+                const Row *r = &b->rows[i];
+
+                printf("%-10s %-62s %-26s %-22s %s\n", r->section, r->measure, r->value, r->target,
+                       r->met);
+        }
+}
+
+static void help(void)
+{
+        printf(
+            "Usage: twin-bench [OPTIONS]\n\n"
+            "Measures twind against the floor of the broker round trip, on a private mosquitto.\n\n"
+            "      --twind PATH        the agent (default $TWIND or ./build/src/twind/twind)\n"
+            "      --mosquitto PATH    the broker (default mosquitto on PATH or /usr/sbin)\n"
+            "      --only LIST         sections, comma separated: "
+            "floor,twind,burst,fleet,footprint\n"
+            "      --updates N         sequential updates per latency series (default 1000)\n"
+            "      --burst N           updates in the burst (default 1000)\n"
+            "      --devices N         agents in the fleet (default 100)\n"
+            "      --fleet-apply CMD   apply command of the fleet's agents (default none)\n"
+            "      --quick             small counts and short idle windows (a smoke run)\n"
+            "      --markdown          print the table for docs/performance.md\n"
+            "      --tmpdir DIR        where the run's directory goes (default $TMPDIR or /tmp)\n"
+            "      --keep              keep the run's directory (logs, states) afterwards\n"
+            "  -h, --help              show this help\n");
+}
+
+static int parse_sections(const char *s, unsigned *ret)
+{
+        char *copy = strdup(s), *tok, *save = NULL;
+        unsigned bits = 0;
+
+        if (!copy)
+                return -ENOMEM;
+        for (tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                size_t i;
+
+                for (i = 0; i < sizeof(section_names) / sizeof(section_names[0]); i++)
+                        if (strcmp(tok, section_names[i].name) == 0)
+                                break;
+                if (i == sizeof(section_names) / sizeof(section_names[0])) {
+                        fprintf(stderr, "Unknown section '%s'\n", tok);
+                        free(copy);
+                        return -EINVAL;
+                }
+                bits |= section_names[i].bit;
+        }
+        free(copy);
+        *ret = bits;
+        return 0;
+}
+
+static int parse_count(const char *s, size_t min, size_t *ret)
+{
+        char *end;
+        unsigned long v;
+
+        errno = 0;
+        v = strtoul(s, &end, 10);
+        if (errno || *end || end == s || v < min || v > 1000000) {
+                fprintf(stderr, "Invalid count '%s'\n", s);
+                return -EINVAL;
+        }
+        *ret = v;
+        return 0;
+}
+
+static int parse_argv(int argc, char *argv[], Options *o)
+{
+        enum {
+                ARG_TWIND = 0x100,
+                ARG_MOSQUITTO,
+                ARG_ONLY,
+                ARG_UPDATES,
+                ARG_BURST,
+                ARG_DEVICES,
+                ARG_FLEET_APPLY,
+                ARG_QUICK,
+                ARG_MARKDOWN,
+                ARG_TMPDIR,
+                ARG_KEEP
+        };
+        static const struct option opts[] = {
+                { "twind", required_argument, NULL, ARG_TWIND },
+                { "mosquitto", required_argument, NULL, ARG_MOSQUITTO },
+                { "only", required_argument, NULL, ARG_ONLY },
+                { "updates", required_argument, NULL, ARG_UPDATES },
+                { "burst", required_argument, NULL, ARG_BURST },
+                { "devices", required_argument, NULL, ARG_DEVICES },
+                { "fleet-apply", required_argument, NULL, ARG_FLEET_APPLY },
+                { "quick", no_argument, NULL, ARG_QUICK },
+                { "markdown", no_argument, NULL, ARG_MARKDOWN },
+                { "tmpdir", required_argument, NULL, ARG_TMPDIR },
+                { "keep", no_argument, NULL, ARG_KEEP },
+                { "help", no_argument, NULL, 'h' },
+                { NULL, 0, NULL, 0 },
+        };
+        bool quick = false, set_updates = false, set_burst = false, set_devices = false;
+        int c;
+
+        *o = (Options){
+                .twind = getenv("TWIND") ? getenv("TWIND") : "./build/src/twind/twind",
+                .mosquitto =
+                    access("/usr/sbin/mosquitto", X_OK) == 0 ? "/usr/sbin/mosquitto" : "mosquitto",
+                .tmpdir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp",
+                .sections = SECTION_ALL,
+                .updates = 1000,
+                .warmup = 20,
+                .burst = 1000,
+                .devices = 100,
+                .ready_runs = 5,
+                .idle_settle_s = 10,
+                .idle_window_s = 30,
+        };
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
+                switch (c) {
+                case ARG_TWIND:
+                        o->twind = optarg;
+                        break;
+                case ARG_MOSQUITTO:
+                        o->mosquitto = optarg;
+                        break;
+                case ARG_ONLY:
+                        if (parse_sections(optarg, &o->sections) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_UPDATES:
+                        if (parse_count(optarg, 1, &o->updates) < 0)
+                                return -EINVAL;
+                        set_updates = true;
+                        break;
+                case ARG_BURST:
+                        if (parse_count(optarg, 1, &o->burst) < 0)
+                                return -EINVAL;
+                        set_burst = true;
+                        break;
+                case ARG_DEVICES:
+                        if (parse_count(optarg, 1, &o->devices) < 0)
+                                return -EINVAL;
+                        set_devices = true;
+                        break;
+                case ARG_FLEET_APPLY:
+                        o->fleet_apply = optarg;
+                        break;
+                case ARG_QUICK:
+                        quick = true;
+                        break;
+                case ARG_MARKDOWN:
+                        o->markdown = true;
+                        break;
+                case ARG_TMPDIR:
+                        o->tmpdir = optarg;
+                        break;
+                case ARG_KEEP:
+                        o->keep = true;
+                        break;
+                case 'h':
+                        help();
+                        return 0;
+                default:
+                        return -EINVAL;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "Unexpected argument '%s'\n", argv[optind]);
+                return -EINVAL;
+        }
+        if (quick) {
+                if (!set_updates)
+                        o->updates = 100;
+                if (!set_burst)
+                        o->burst = 100;
+                if (!set_devices)
+                        o->devices = 10;
+                o->warmup = 5;
+                o->ready_runs = 3;
+                o->idle_settle_s = 1;
+                o->idle_window_s = 3;
+        }
+        if (access(o->twind, X_OK) < 0 && (o->sections & ~SECTION_FLOOR)) {
+                fprintf(stderr, "twind not found at %s (use --twind PATH or TWIND=)\n", o->twind);
+                return -ENOENT;
+        }
+        return 1;
+}
+
+int main(int argc, char *argv[])
+{
+        static const struct {
+                unsigned bit;
+                int (*run)(Bench *b);
+                const char *name;
+        } sections[] = {
+                { SECTION_FLOOR, section_floor, "floor" },
+                { SECTION_TWIND, section_twind, "twind" },
+                { SECTION_BURST, section_burst, "burst" },
+                { SECTION_FLEET, section_fleet, "fleet" },
+                { SECTION_FOOTPRINT, section_footprint, "footprint" },
+        };
+        Bench *b;
+        int r, failed = 0;
+
+        b = calloc(1, sizeof(*b));
+        if (!b)
+                return EXIT_FAILURE;
+        r = parse_argv(argc, argv, &b->o);
+        if (r <= 0) {
+                free(b);
+                return r < 0 ? 2 : EXIT_SUCCESS;
+        }
+        signal(SIGPIPE, SIG_IGN);
+
+        snprintf(b->dir, sizeof(b->dir), "%s/twin-bench.XXXXXX", b->o.tmpdir);
+        if (!mkdtemp(b->dir)) {
+                perror("mkdtemp");
+                free(b);
+                return EXIT_FAILURE;
+        }
+        mosquitto_lib_init();
+        r = broker_start(&b->broker, b->o.mosquitto, b->dir);
+        if (r < 0) {
+                fprintf(stderr, "Failed to start mosquitto: %s\n", strerror(-r));
+                goto out;
+        }
+        r = bench_client_new(&b->client, b->broker.port);
+        if (r < 0) {
+                fprintf(stderr, "Failed to connect to mosquitto: %s\n", strerror(-r));
+                goto out;
+        }
+        if (!b->o.markdown)
+                fprintf(stderr, "twin-bench: mosquitto on 127.0.0.1:%d, run directory %s\n",
+                        b->broker.port, b->dir);
+
+        for (size_t i = 0; i < sizeof(sections) / sizeof(sections[0]); i++) {
+                if (!(b->o.sections & sections[i].bit))
+                        continue;
+                r = sections[i].run(b);
+                if (r < 0) {
+                        fprintf(stderr, "Section %s failed: %s\n", sections[i].name, strerror(-r));
+                        failed++;
+                }
+        }
+        print_table(b);
+        r = failed ? -EIO : 0;
+out:
+        b->client = bench_client_free(b->client);
+        if (b->broker.pid > 0)
+                broker_stop(&b->broker);
+        mosquitto_lib_cleanup();
+        if (b->o.keep || r < 0)
+                fprintf(stderr, "Run directory kept: %s\n", b->dir);
+        else
+                rm_rf(b->dir);
+        free(b);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+}
