@@ -123,8 +123,14 @@ cp -a "$ROOT_CACHE" "$ROOT"
 
 DESTDIR=$ROOT meson install -C "$BUILD" --no-rebuild --quiet >"$OUT/install.log" 2>&1 ||
         { cat "$OUT/install.log" >&2; die "meson install failed"; }
-for f in usr/sbin/twind usr/bin/twinctl lib/systemd/system/twind.service \
-        lib/systemd/system/twind.socket usr/lib/sysusers.d/twind.conf; do
+# Where a distribution expects each file (man pages only when scdoc could build them).
+installed=(usr/sbin/twind usr/bin/twinctl lib/systemd/system/twind.service
+        lib/systemd/system/twind.socket usr/lib/sysusers.d/twind.conf
+        usr/share/doc/twind/twind.conf)
+command -v scdoc >/dev/null &&
+        installed+=(usr/share/man/man8/twind.8 usr/share/man/man5/twind.conf.5
+                usr/share/man/man1/twinctl.1)
+for f in "${installed[@]}"; do
         [[ -e $ROOT/$f ]] || die "meson install did not install /$f"
 done
 # What the package's maintainer scripts would do: create the user, enable the socket.
