@@ -144,3 +144,13 @@ def test_reported_version_strictly_grows(agent, service, make_apply):
     assert len(versions) >= 9, versions
     assert all(isinstance(v, int) for v in versions), versions
     assert all(a < b for a, b in zip(versions, versions[1:])), versions
+
+
+def test_version_going_backwards_is_accepted(agent, service, applied):
+    # The service side lost its store and starts counting again: the change rule decides.
+    mark = service.mark()
+    service.publish({"$version": 0, "configId": 2, "sendFrequency": "1m"})
+    doc = service.wait_status("success", 0, mark)
+    assert props(doc) == {"configId": 2, "sendFrequency": "1m"}, doc
+    assert len(applied.calls()) == 2
+    assert "backwards" in agent.log_text().lower(), agent.log_tail()

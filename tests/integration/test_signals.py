@@ -1,11 +1,12 @@
 # SPDX-License-Identifier: MIT
 """Signals (clean shutdown, reload) and configuration errors."""
 
+import os
 import signal
 
 import pytest
 
-from twinlib import props, settle
+from twinlib import poll, props, settle
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -17,6 +18,32 @@ def test_shutdown_publishes_offline_and_exits_0(agent, service, sig):
     assert agent.wait_exit(10) == 0, agent.log_tail()
     service.wait_connection("offline", cmark, timeout=10)
     assert service.connection_since(cmark)[-1] == {"state": "offline"}
+
+
+def process_gone(pid):
+    """No such process, or only a zombie left to whoever inherited it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sigterm_during_apply_stops_the_command(agent, service, make_apply):
+    apply = make_apply(sleep=60)
+    agent.configure("apply", "command", apply.command)
+    agent.start()
+    service.wait_connection("online")
+    service.publish({"$version": 1, "configId": 1})
+    assert poll(lambda: len(apply.calls()) == 1, 15), agent.log_tail()
+    cmark = service.connection_mark()
+    assert agent.stop(10) == 0, agent.log_tail()
+    service.wait_connection("offline", cmark, timeout=10)
+    pid = apply.calls()[0]["pid"]
+    assert poll(lambda: process_gone(pid), 5), "the apply command outlived twind"
+    # Not applied: the state file does not claim it.
+    if os.path.exists(agent.state_file):
+        assert agent.read_state()["applied"] == {}, agent.read_state()
 
 
 def test_sighup_reloads_apply_command(agent, service, make_apply):
@@ -82,3 +109,20 @@ def test_invalid_device_id_on_command_line_refused(agent):
     r = agent.run("-c", agent.conf, "--device-id", "bad#id", timeout=10)
     assert r.returncode != 0, r.stderr
     assert names_device_id(r.stderr, "bad#id"), r.stderr
+
+
+def test_command_line_overrides_the_file(agent, service, tmp_path):
+    # The file names a dead broker, another device and another state directory; the command
+    # line wins for all three.
+    other_state = tmp_path / "other-state"
+    other_state.mkdir()
+    agent.configure("broker", "url", "mqtt://127.0.0.1:1")
+    agent.configure("device", "id", "somebody-else")
+    agent.start(
+        "--broker", agent.broker.url, "--device-id", agent.device_id, "--state-dir", str(other_state)
+    )
+    service.wait_connection("online")
+    service.publish({"$version": 1, "configId": 1})
+    service.wait_status("success", 1)
+    assert (other_state / "state.json").exists()
+    assert not (tmp_path / "agent" / "state" / "state.json").exists()
