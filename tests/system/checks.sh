@@ -80,6 +80,10 @@ echo "#   systemd-analyze security twind.service: exposure ${exposure:-?}"
 check "the installed twind.service scores an exposure below 1.0" \
         eval '[[ $exposure =~ ^0\.[0-9]+$ ]]'
 
+verify=$(systemd-analyze verify --man=no twind.service twind.socket 2>&1)
+[[ -z $verify ]] || printf '#   %s\n' "${verify//$'\n'/$'\n'#   }"
+check "systemd-analyze verify finds nothing wrong with the units" equals "$verify" ""
+
 # ---- start
 check "systemctl start twind succeeds" systemctl start twind.service
 check "twind.service is active" active
