@@ -655,7 +655,7 @@ def agent_socket(tmp_path):
     agents = []
 
     def make(replies):
-        a = FakeAgent(str(tmp_path / "control.sock"), replies)
+        a = FakeAgent(str(tmp_path / f"control{len(agents)}.sock"), replies)
         agents.append(a)
         return a.path
 
@@ -694,6 +694,12 @@ def test_reapply_started_and_no_desired(agent_socket, tmp_path):
     r = twinctl(None, "--socket", path, "reapply")
     assert r.returncode == EXIT_OK, r.stderr
     assert "started" in r.stdout
+
+    path = agent_socket({"reapply": (None, {"name": "NoDesired",
+                                            "message": "no desired configuration yet"})})
+    r = twinctl(None, "--socket", path, "reapply")
+    assert r.returncode == EXIT_NOT_FOUND, r.stderr
+    assert "no desired configuration yet" in r.stderr
 
 
 def test_events_follow_until_ctrl_c(agent_socket):
