@@ -423,6 +423,40 @@ static void test_password(void)
         }
 }
 
+/* A relative cafile, certfile or keyfile names a systemd credential, like password_file. */
+static void test_credential_files(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[512] = "";
+
+        CHECK_INT_EQ(twind_config_new(&c), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->cafile, "/etc/twind/ca.pem"), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->certfile, "client.pem"), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->keyfile, "client-key"), 0);
+
+        unsetenv("CREDENTIALS_DIRECTORY");
+        CHECK_INT_EQ(twind_config_resolve_credentials(c, err, sizeof err), -EINVAL);
+        CHECK_STR_EQ(err, "[broker] certfile: 'client.pem' is a relative name but "
+                          "$CREDENTIALS_DIRECTORY is not set (give an absolute path, or use "
+                          "LoadCredential= in the unit)");
+
+        setenv("CREDENTIALS_DIRECTORY", "/run/credentials/twind.service", 1);
+        CHECK_INT_EQ(twind_config_resolve_credentials(c, err, sizeof err), 0);
+        CHECK_STR_EQ(c->cafile, "/etc/twind/ca.pem");
+        CHECK_STR_EQ(c->certfile, "/run/credentials/twind.service/client.pem");
+        CHECK_STR_EQ(c->keyfile, "/run/credentials/twind.service/client-key");
+        /* Resolved paths are absolute: resolving twice changes nothing. */
+        CHECK_INT_EQ(twind_config_resolve_credentials(c, err, sizeof err), 0);
+        CHECK_STR_EQ(c->keyfile, "/run/credentials/twind.service/client-key");
+        unsetenv("CREDENTIALS_DIRECTORY");
+
+        /* None configured: nothing to do, even without the environment variable. */
+        CHECK_INT_EQ(twind_config_set_string(&c->certfile, NULL), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->keyfile, NULL), 0);
+        CHECK_INT_EQ(twind_config_resolve_credentials(c, err, sizeof err), 0);
+        CHECK(c->certfile == NULL && c->keyfile == NULL);
+}
+
 int main(void)
 {
         if (!mkdtemp(tmpdir)) {
@@ -438,6 +472,7 @@ int main(void)
         test_missing_file();
         test_verify();
         test_password();
+        test_credential_files();
 
         nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
         return test_exit("test-conf");

@@ -488,6 +488,59 @@ static void erase_and_free(char *p, size_t n)
         }
 }
 
+/* A relative name is a systemd credential (LoadCredential=NAME:...): the file of that name in
+ * $CREDENTIALS_DIRECTORY. An absolute path is used as it is (*ret NULL). */
+static int credential_path(const char *key, const char *value, char **ret, char *err, size_t errlen)
+{
+        const char *creds;
+
+        *ret = NULL;
+        if (value[0] == '/')
+                return 0;
+        creds = getenv("CREDENTIALS_DIRECTORY");
+        if (!creds || creds[0] == '\0')
+                return verify_error(err, errlen,
+                                    "[broker] %s: '%s' is a relative name but "
+                                    "$CREDENTIALS_DIRECTORY is not set (give an absolute "
+                                    "path, or use LoadCredential= in the unit)",
+                                    key, value);
+        if (asprintf(ret, "%s/%s", creds, value) < 0) {
+                *ret = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+int twind_config_resolve_credentials(TwindConfig *c, char *err, size_t errlen)
+{
+        struct {
+                const char *key;
+                char **field;
+        } files[] = {
+                { "cafile", &c->cafile },
+                { "certfile", &c->certfile },
+                { "keyfile", &c->keyfile },
+        };
+        int r;
+
+        if (err && errlen > 0)
+                err[0] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+                char *path;
+
+                if (!*files[i].field || (*files[i].field)[0] == '\0')
+                        continue;
+                r = credential_path(files[i].key, *files[i].field, &path, err, errlen);
+                if (r < 0)
+                        return r;
+                if (path) {
+                        free(*files[i].field);
+                        *files[i].field = path;
+                }
+        }
+        return 0;
+}
+
 int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size_t errlen)
 {
         _cleanup_free_ char *joined = NULL;
@@ -506,21 +559,10 @@ int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size
                 return 0;
         }
 
-        if (c->password_file[0] == '/')
-                path = c->password_file;
-        else {
-                /* A relative name is a systemd credential (LoadCredential=twind-password:...). */
-                const char *creds = getenv("CREDENTIALS_DIRECTORY");
-                if (!creds || creds[0] == '\0')
-                        return verify_error(err, errlen,
-                                            "[broker] password_file: '%s' is a relative name but "
-                                            "$CREDENTIALS_DIRECTORY is not set (give an absolute "
-                                            "path, or use LoadCredential= in the unit)",
-                                            c->password_file);
-                if (asprintf(&joined, "%s/%s", creds, c->password_file) < 0)
-                        return -ENOMEM;
-                path = joined;
-        }
+        r = credential_path("password_file", c->password_file, &joined, err, errlen);
+        if (r < 0)
+                return r;
+        path = joined ? joined : c->password_file;
 
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
         if (fd < 0) {

@@ -61,6 +61,10 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen);
 /* Replaces *field with a copy of value (NULL clears). Returns 0 or -ENOMEM. */
 int twind_config_set_string(char **field, const char *value);
 
+/* Replaces a relative [broker] cafile, certfile or keyfile by its path in $CREDENTIALS_DIRECTORY
+ * (a systemd credential, as for password_file). Returns 0 or -EINVAL with one line in err. */
+int twind_config_resolve_credentials(TwindConfig *c, char *err, size_t errlen);
+
 /* Reads the password file named by the configuration (credential-aware: a relative name is
  * looked up in $CREDENTIALS_DIRECTORY). Strips one trailing newline. Warns when the file is
  * readable by others. Returns 0 with *ret NULL when none is configured. */

@@ -149,6 +149,11 @@ static int load_config(const Arguments *a, TwindConfig **ret)
                 log_error("%s: %s", a->config_path, err);
                 return r;
         }
+        r = twind_config_resolve_credentials(c, err, sizeof(err));
+        if (r < 0) {
+                log_error("%s: %s", a->config_path, err);
+                return r;
+        }
 
         *ret = TAKE_PTR(c);
         return 0;
