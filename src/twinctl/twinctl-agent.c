@@ -315,6 +315,92 @@ static int print_object(const json_t *o)
         return 0;
 }
 
+static char *str_or_dash(const json_t *v)
+{
+        return json_is_null(v) || !v ? NULL : output_value(v, true);
+}
+
+static enum OutputColor state_color(const char *state)
+{
+        if (!state)
+                return OUTPUT_COLOR_NONE;
+        if (strcmp(state, "success") == 0)
+                return OUTPUT_COLOR_GREEN;
+        if (strcmp(state, "failed") == 0)
+                return OUTPUT_COLOR_RED;
+        if (strcmp(state, "pending") == 0 || strcmp(state, "applying") == 0)
+                return OUTPUT_COLOR_YELLOW;
+        return OUTPUT_COLOR_NONE;
+}
+
+/* The status reply for people: a curated summary in the manner of chronyc tracking, the fields
+ * a person looks for first; --json has every field. */
+static int print_status(const json_t *o)
+{
+        _cleanup_(fields_done) Fields f = { 0 };
+        const json_t *st = json_object_get(o, "status");
+        const json_t *counters = json_object_get(o, "counters");
+        const char *state = json_string_value(json_object_get(o, "state"));
+        const char *since = json_string_value(json_object_get(o, "connectedSince"));
+        char *v;
+        int r = 0;
+
+#define ADD(key, value)                                                                            \
+        do {                                                                                       \
+                if (r >= 0)                                                                        \
+                        r = fields_add(&f, strdup(key), (value));                                  \
+        } while (0)
+#define ADDF(key, ...)                                                                             \
+        do {                                                                                       \
+                if (asprintf(&v, __VA_ARGS__) < 0)                                                 \
+                        v = NULL;                                                                  \
+                ADD(key, v);                                                                       \
+        } while (0)
+
+        ADD("Device", str_or_dash(json_object_get(o, "deviceId")));
+        if (json_is_true(json_object_get(o, "connected")))
+                ADDF("Broker", "%s, connected since %s",
+                     json_string_value(json_object_get(o, "broker")), since ? since : "?");
+        else
+                ADDF("Broker", "%s%s, not connected%s",
+                     json_string_value(json_object_get(o, "broker")),
+                     output_color_on(OUTPUT_COLOR_RED), output_color_off());
+        ADDF("State", "%s%s%s", output_color_on(state_color(state)), state ? state : "-",
+             output_color_off());
+        ADD("Doing", str_or_dash(json_object_get(o, "statusText")));
+        ADD("Config id", str_or_dash(json_object_get(o, "configId")));
+        ADD("Applied", output_value(json_object_get(o, "applied"), false));
+        if (json_is_object(st)) {
+                const json_t *error = json_object_get(st, "error");
+
+                const char *at = json_string_value(json_object_get(st, "updatedAt"));
+
+                ADDF("Answered", "desired $version %" JSON_INTEGER_FORMAT " at %s",
+                     json_integer_value(json_object_get(st, "desiredVersion")), at ? at : "?");
+                if (json_is_string(error))
+                        ADDF("Error", "%s%s%s", output_color_on(OUTPUT_COLOR_RED),
+                             json_string_value(error), output_color_off());
+        } else
+                ADD("Answered", strdup("nothing yet"));
+        ADDF("Reported", "$version %" JSON_INTEGER_FORMAT,
+             json_integer_value(json_object_get(o, "reportedVersion")));
+        ADD("Last error", str_or_dash(json_object_get(o, "lastError")));
+        ADDF("Uptime", "%" JSON_INTEGER_FORMAT " s",
+             json_integer_value(json_object_get(o, "uptimeSeconds")));
+        ADDF("Counters",
+             "%" JSON_INTEGER_FORMAT " applies, %" JSON_INTEGER_FORMAT
+             " failures, %" JSON_INTEGER_FORMAT " reconnects",
+             json_integer_value(json_object_get(counters, "applies")),
+             json_integer_value(json_object_get(counters, "failures")),
+             json_integer_value(json_object_get(counters, "reconnects")));
+#undef ADDF
+#undef ADD
+        if (r < 0)
+                return r;
+        output_fields(f.n, f.keys, f.values);
+        return 0;
+}
+
 static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, const char *method)
 {
         _cleanup_(agent_connection_done) AgentConnection c = { .fd = -1 };
@@ -333,7 +419,9 @@ static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, con
                 return r;
         if (args->json)
                 return output_json(result) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
-        if (json_is_object(result))
+        if (json_is_object(result) && strcmp(method, "status") == 0)
+                r = print_status(result);
+        else if (json_is_object(result))
                 r = print_object(result);
         else {
                 _cleanup_free_ char *s = output_value(result, true);

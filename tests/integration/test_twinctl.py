@@ -669,9 +669,10 @@ def test_status_human_and_json(agent_socket):
     r = twinctl(None, "--socket", path, "status")
     assert r.returncode == EXIT_OK, r.stderr
     fields = {l.split(":", 1)[0].strip(): l.split(":", 1)[1].strip() for l in r.stdout.splitlines()}
-    assert fields["deviceId"] == "dev-1" and fields["connected"] == "yes"
-    assert fields["configId"] == "3" and fields["state"] == "success"
-    assert fields["counters.failures"] == "1" and fields["applied.sendFrequency"] == "5m"
+    assert fields["Device"] == "dev-1" and "connected since" in fields["Broker"]
+    assert fields["Config id"] == "3" and fields["State"] == "success"
+    assert "1 failures" in fields["Counters"]
+    assert json.loads(fields["Applied"])["sendFrequency"] == "5m"
     # Aligned: every colon in the same column.
     assert len({l.index(":") for l in r.stdout.splitlines()}) == 1
 
