@@ -320,19 +320,6 @@ static char *str_or_dash(const json_t *v)
         return json_is_null(v) || !v ? NULL : output_value(v, true);
 }
 
-static enum OutputColor state_color(const char *state)
-{
-        if (!state)
-                return OUTPUT_COLOR_NONE;
-        if (strcmp(state, "success") == 0)
-                return OUTPUT_COLOR_GREEN;
-        if (strcmp(state, "failed") == 0)
-                return OUTPUT_COLOR_RED;
-        if (strcmp(state, "pending") == 0 || strcmp(state, "applying") == 0)
-                return OUTPUT_COLOR_YELLOW;
-        return OUTPUT_COLOR_NONE;
-}
-
 /* The status reply for people: a curated summary in the manner of chronyc tracking, the fields
  * a person looks for first; --json has every field. */
 static int print_status(const json_t *o)
@@ -365,7 +352,7 @@ static int print_status(const json_t *o)
                 ADDF("Broker", "%s%s, not connected%s",
                      json_string_value(json_object_get(o, "broker")),
                      output_color_on(OUTPUT_COLOR_RED), output_color_off());
-        ADDF("State", "%s%s%s", output_color_on(state_color(state)), state ? state : "-",
+        ADDF("State", "%s%s%s", output_color_on(output_state_color(state)), state ? state : "-",
              output_color_off());
         ADD("Doing", str_or_dash(json_object_get(o, "statusText")));
         ADD("Config id", str_or_dash(json_object_get(o, "configId")));

@@ -42,6 +42,19 @@ const char *output_color_on(enum OutputColor c)
         return "";
 }
 
+enum OutputColor output_state_color(const char *state)
+{
+        if (!state)
+                return OUTPUT_COLOR_NONE;
+        if (strcmp(state, "success") == 0)
+                return OUTPUT_COLOR_GREEN;
+        if (strcmp(state, "failed") == 0)
+                return OUTPUT_COLOR_RED;
+        if (strcmp(state, "pending") == 0 || strcmp(state, "applying") == 0)
+                return OUTPUT_COLOR_YELLOW;
+        return OUTPUT_COLOR_NONE;
+}
+
 const char *output_color_off(void)
 {
         return use_color ? "\033[0m" : "";

@@ -92,19 +92,6 @@ static char *describe_status(const json_t *status)
         return buf;
 }
 
-static enum OutputColor state_color(const char *state)
-{
-        if (!state)
-                return OUTPUT_COLOR_NONE;
-        if (strcmp(state, "success") == 0)
-                return OUTPUT_COLOR_GREEN;
-        if (strcmp(state, "failed") == 0)
-                return OUTPUT_COLOR_RED;
-        if (strcmp(state, "pending") == 0)
-                return OUTPUT_COLOR_YELLOW;
-        return OUTPUT_COLOR_NONE;
-}
-
 /* "online since 2026-11-26T09:41:58Z (twind 0.1.0)", "offline", for people. */
 static char *describe_connection(const json_t *conn)
 {
@@ -183,9 +170,9 @@ static void watch_changes(Service *s, enum DeviceKind kind, const json_t *entry)
                         watch_document(s, "reported", doc);
                 if (remember(&s->seen_status, status)) {
                         _cleanup_free_ char *text = status ? describe_status(status) : NULL;
-                        watch_print(
-                            s, "status", status, status ? text : "(none)",
-                            state_color(json_string_value(json_object_get(status, "state"))));
+                        watch_print(s, "status", status, status ? text : "(none)",
+                                    output_state_color(
+                                        json_string_value(json_object_get(status, "state"))));
                 }
                 break;
         }
@@ -323,7 +310,7 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
             "Connection: %s%s%s\n",
             output_color_on(device_is_online(connection) ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED),
             conn ? conn : "?", output_color_off());
-        printf("State:      %s%s%s", output_color_on(state_color(state_name)), state_name,
+        printf("State:      %s%s%s", output_color_on(output_state_color(state_name)), state_name,
                output_color_off());
         if (state == DEVICE_STATE_PENDING && desired &&
             (!status || !json_equal(json_object_get(status, "desiredVersion"),
@@ -845,7 +832,7 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
                                       OUTPUT_COLOR_NONE,
                                       OUTPUT_COLOR_NONE,
                                       OUTPUT_COLOR_NONE,
-                                      state_color(state_name),
+                                      output_state_color(state_name),
                                       online ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED,
                                   }) < 0)
                         goto oom;
