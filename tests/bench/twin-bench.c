@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum {
@@ -61,8 +62,6 @@ typedef struct Bench {
         BenchClient *client;
         Row rows[128];
         size_t n_rows;
-        Percentiles floor_fsync;
-        bool have_floor_fsync;
 } Bench;
 
 static void row_add(Bench *b, const char *section, const char *measure, const char *target,
@@ -114,78 +113,167 @@ static int wait_online(Bench *b, Tracker *t, int timeout_ms)
 }
 
 /* One device, sequential updates: desired publish -> success report for that version. */
-static int measure_latency(Bench *b, Tracker *t, int64_t *version, size_t warmup, size_t n,
-                           Percentiles *ret)
+static int measure_one(Bench *b, Tracker *t, int64_t *version, uint64_t *ret_ns)
 {
         char device[96];
-        uint64_t *samples;
-        int r = 0;
+        uint64_t t0;
+        int r;
 
-        samples = calloc(n, sizeof(*samples));
-        if (!samples)
-                return -ENOMEM;
         snprintf(device, sizeof(device), "%s-0", t->prefix);
-        for (size_t i = 0; i < warmup + n; i++) {
-                uint64_t t0;
-
-                tracker_set_target(t, ++*version);
-                t0 = now_ns();
-                r = bench_client_publish_desired(b->client, device, *version);
-                if (r < 0)
-                        break;
-                r = bench_client_wait(b->client, &t->n_at_target, 1, 10000);
-                if (r < 0) {
-                        fprintf(stderr, "%s: no success for version %" PRId64 ": %s\n", device,
-                                *version, strerror(-r));
-                        break;
-                }
-                if (i >= warmup)
-                        samples[i - warmup] = t->success_ns[0] - t0;
-        }
+        bench_client_track(b->client, t);
+        tracker_set_target(t, ++*version);
+        t0 = now_ns();
+        r = bench_client_publish_desired(b->client, device, *version);
         if (r == 0)
-                percentiles_compute(samples, n, ret);
-        free(samples);
+                r = bench_client_wait(b->client, &t->n_at_target, 1, 10000);
+        if (r < 0) {
+                fprintf(stderr, "%s: no success for version %" PRId64 ": %s\n", device, *version,
+                        strerror(-r));
+                return r;
+        }
+        *ret_ns = t->success_ns[0] - t0;
+        return 0;
+}
+
+/* A device of the latency series: an echo device (the floor) or a real twind. */
+typedef struct LatencyDevice {
+        const char *prefix, *section, *label;
+        bool twind;
+        enum echo_save save; /* echo devices */
+        const char *apply;   /* twind: apply command or NULL */
+        Tracker *t;
+        pid_t echo_pid;
+        Agent agent;
+        int64_t version;
+        uint64_t *samples;
+        Percentiles p;
+} LatencyDevice;
+
+static int latency_device_start(Bench *b, LatencyDevice *d)
+{
+        char id[96];
+        int r;
+
+        d->t = tracker_new(d->prefix, 1);
+        d->samples = calloc(b->o.updates, sizeof(*d->samples));
+        if (!d->t || !d->samples)
+                return -ENOMEM;
+        snprintf(id, sizeof(id), "%s-0", d->prefix);
+        if (!d->twind) {
+                char dir[512];
+
+                snprintf(dir, sizeof(dir), "%s/%s", b->dir, id);
+                if (mkdir(dir, 0755) < 0)
+                        return -errno;
+                fflush(NULL);
+                d->echo_pid = echo_device_spawn(b->broker.port, id, d->save, dir);
+                /* Its desired document is retained: the device answers it once subscribed, so
+                 * the first (warm-up) update also waits for the echo device to be up. */
+                return d->echo_pid < 0 ? d->echo_pid : 0;
+        }
+        r = agent_prepare(&d->agent, b->dir, id, b->broker.port, d->apply);
+        if (r >= 0)
+                r = agent_spawn(&d->agent, b->o.twind, NULL, NULL);
+        if (r >= 0) {
+                bench_client_track(b->client, d->t);
+                r = wait_online(b, d->t, 10000);
+        }
+        if (r < 0)
+                fprintf(stderr, "Failed to start twind for %s (see %s): %s\n", id, d->agent.log,
+                        strerror(-r));
         return r;
 }
 
-static int section_floor(Bench *b)
+static void latency_device_stop(LatencyDevice *d)
 {
-        static const char *const names[] = { "floor", "floorfsync" };
-        char fsync_path[512];
+        if (d->echo_pid > 0)
+                process_stop(d->echo_pid, 2000);
+        if (d->agent.pid > 0)
+                agent_reap(&d->agent, 5000);
+        tracker_free(d->t);
+        free(d->samples);
+}
+
+/*
+ * The floor and twind, interleaved: every round sends one update to each device in turn, so
+ * that all series see the same disk and scheduler conditions (a virtual disk's fsync latency
+ * drifts over minutes; series measured one after another would compare different weather).
+ */
+static int section_latency(Bench *b)
+{
+        LatencyDevice devs[] = {
+                { .prefix = "floor", .section = "floor", .label = "echo device, no write" },
+                { .prefix = "floorfsync",
+                  .section = "floor",
+                  .label = "echo device, fsync'd write",
+                  .save = ECHO_SAVE_FSYNC },
+                { .prefix = "flooratomic",
+                  .section = "floor",
+                  .label = "echo device, atomic save as twind does",
+                  .save = ECHO_SAVE_ATOMIC },
+                { .prefix = "floorinplace",
+                  .section = "floor",
+                  .label = "echo device, pwrite + fdatasync in place",
+                  .save = ECHO_SAVE_INPLACE },
+                { .prefix = "twindnocmd",
+                  .section = "twind",
+                  .label = "twind, no apply command",
+                  .twind = true },
+                { .prefix = "twindtrue",
+                  .section = "twind",
+                  .label = "twind, apply /bin/true",
+                  .twind = true,
+                  .apply = "/bin/true" },
+        };
+        const size_t n_devs = sizeof(devs) / sizeof(devs[0]);
+        bool use[sizeof(devs) / sizeof(devs[0])];
+        const Percentiles *floor_fsync = NULL;
         int r = 0;
 
-        snprintf(fsync_path, sizeof(fsync_path), "%s/floor-fsync.dat", b->dir);
-        for (size_t k = 0; k < 2 && r == 0; k++) {
-                Tracker *t = tracker_new(names[k], 1);
-                char id[64];
-                Percentiles p;
-                int64_t version = 0;
-                pid_t pid;
+        for (size_t j = 0; j < n_devs; j++)
+                /* The fsync'd floor is measured with twind too: the ratios need it. */
+                use[j] = (devs[j].twind && (b->o.sections & SECTION_TWIND)) ||
+                         (!devs[j].twind && (b->o.sections & SECTION_FLOOR)) ||
+                         (devs[j].save == ECHO_SAVE_FSYNC && (b->o.sections & SECTION_TWIND));
+        for (size_t j = 0; j < n_devs && r == 0; j++)
+                if (use[j])
+                        r = latency_device_start(b, &devs[j]);
 
-                if (!t)
-                        return -ENOMEM;
-                snprintf(id, sizeof(id), "%s-0", names[k]);
-                fflush(NULL);
-                pid = echo_device_spawn(b->broker.port, id, k ? fsync_path : NULL);
-                if (pid < 0) {
-                        tracker_free(t);
-                        return pid;
+        for (size_t i = 0; i < b->o.warmup + b->o.updates && r == 0; i++)
+                for (size_t j = 0; j < n_devs && r == 0; j++) {
+                        uint64_t ns;
+
+                        if (!use[j])
+                                continue;
+                        r = measure_one(b, devs[j].t, &devs[j].version, &ns);
+                        if (r == 0 && i >= b->o.warmup)
+                                devs[j].samples[i - b->o.warmup] = ns;
                 }
-                bench_client_track(b->client, t);
-                /* The desired document is retained: the device answers it once subscribed. */
-                r = measure_latency(b, t, &version, b->o.warmup, b->o.updates, &p);
-                if (r == 0) {
-                        row_percentiles(b, "floor",
-                                        k ? "echo device, fsync'd write" : "echo device", &p);
-                        if (k) {
-                                b->floor_fsync = p;
-                                b->have_floor_fsync = true;
-                        }
-                }
-                bench_client_track(b->client, NULL);
-                process_stop(pid, 2000);
-                tracker_free(t);
+        bench_client_track(b->client, NULL);
+
+        for (size_t j = 0; j < n_devs && r == 0; j++) {
+                if (!use[j])
+                        continue;
+                percentiles_compute(devs[j].samples, b->o.updates, &devs[j].p);
+                row_percentiles(b, devs[j].section, devs[j].label, &devs[j].p);
+                if (devs[j].save == ECHO_SAVE_FSYNC)
+                        floor_fsync = &devs[j].p;
         }
+        for (size_t j = 0; j < n_devs && r == 0 && floor_fsync; j++) {
+                char m[96];
+                double q50, q99;
+
+                if (!use[j] || !devs[j].twind)
+                        continue;
+                q50 = devs[j].p.p50 / floor_fsync->p50;
+                q99 = devs[j].p.p99 / floor_fsync->p99;
+                snprintf(m, sizeof(m), "%s: p50 / floor-with-fsync p50", devs[j].label);
+                row_add(b, "twind", m, "<= 1.25", verdict(q50 <= 1.25), "%.2f", q50);
+                snprintf(m, sizeof(m), "%s: p99 / floor-with-fsync p99", devs[j].label);
+                row_add(b, "twind", m, "<= 2", verdict(q99 <= 2.0), "%.2f", q99);
+        }
+        for (size_t j = 0; j < n_devs; j++)
+                latency_device_stop(&devs[j]);
         return r;
 }
 
@@ -203,46 +291,6 @@ static int start_agent(Bench *b, Agent *a, Tracker *t, const char *apply_command
         if (r < 0)
                 fprintf(stderr, "Failed to start twind for %s (see %s): %s\n", id, a->log,
                         strerror(-r));
-        return r;
-}
-
-static int section_twind(Bench *b)
-{
-        static const char *const names[] = { "twindnocmd", "twindtrue" };
-        int r = 0;
-
-        for (size_t k = 0; k < 2 && r == 0; k++) {
-                Tracker *t = tracker_new(names[k], 1);
-                const char *what = k ? "twind, apply /bin/true" : "twind, no apply command";
-                int64_t version = 0;
-                Agent a;
-                Percentiles p;
-
-                if (!t)
-                        return -ENOMEM;
-                bench_client_track(b->client, t);
-                r = start_agent(b, &a, t, k ? "/bin/true" : NULL);
-                if (r == 0)
-                        r = measure_latency(b, t, &version, b->o.warmup, b->o.updates, &p);
-                if (r == 0) {
-                        row_percentiles(b, "twind", what, &p);
-                        if (b->have_floor_fsync) {
-                                char m[96];
-                                double q50 = p.p50 / b->floor_fsync.p50;
-                                double q99 = p.p99 / b->floor_fsync.p99;
-
-                                snprintf(m, sizeof(m), "%s: p50 / floor-with-fsync p50", what);
-                                row_add(b, "twind", m, "<= 1.25", verdict(q50 <= 1.25), "%.2f",
-                                        q50);
-                                snprintf(m, sizeof(m), "%s: p99 / floor-with-fsync p99", what);
-                                row_add(b, "twind", m, "<= 2", verdict(q99 <= 2.0), "%.2f", q99);
-                        }
-                }
-                bench_client_track(b->client, NULL);
-                if (a.pid > 0)
-                        agent_reap(&a, 5000);
-                tracker_free(t);
-        }
         return r;
 }
 
@@ -277,10 +325,10 @@ static int section_burst(Bench *b)
                 bench_client_track(b->client, t);
                 r = start_agent(b, &a, t, k ? NULL : script);
                 if (r == 0) {
-                        Percentiles dummy;
+                        uint64_t ns;
 
                         /* One update first, so that the burst starts from a settled agent. */
-                        r = measure_latency(b, t, &version, 0, 1, &dummy);
+                        r = measure_one(b, t, &version, &ns);
                 }
                 if (r == 0)
                         r = agent_applies(&a, &applies0);
@@ -501,8 +549,11 @@ static int section_footprint(Bench *b)
         }
         bench_client_set_drain_fd(b->client, fd);
         r = wait_online(b, t, 10000);
-        if (r == 0)
-                r = measure_latency(b, t, &version, 0, 1, &p);
+        if (r == 0) {
+                uint64_t ns;
+
+                r = measure_one(b, t, &version, &ns);
+        }
         if (r < 0)
                 goto out;
 
@@ -566,11 +617,11 @@ static void print_table(const Bench *b)
                 }
                 return;
         }
-        printf("\n%-10s %-62s %-26s %-22s %s\n", "section", "measure", "value", "target", "met");
+        printf("\n%-10s %-64s %-26s %-22s %s\n", "section", "measure", "value", "target", "met");
         for (size_t i = 0; i < b->n_rows; i++) {
                 const Row *r = &b->rows[i];
 
-                printf("%-10s %-62s %-26s %-22s %s\n", r->section, r->measure, r->value, r->target,
+                printf("%-10s %-64s %-26s %-22s %s\n", r->section, r->measure, r->value, r->target,
                        r->met);
         }
 }
@@ -761,8 +812,7 @@ int main(int argc, char *argv[])
                 int (*run)(Bench *b);
                 const char *name;
         } sections[] = {
-                { SECTION_FLOOR, section_floor, "floor" },
-                { SECTION_TWIND, section_twind, "twind" },
+                { SECTION_FLOOR | SECTION_TWIND, section_latency, "floor and twind" },
                 { SECTION_BURST, section_burst, "burst" },
                 { SECTION_FLEET, section_fleet, "fleet" },
                 { SECTION_FOOTPRINT, section_footprint, "footprint" },
