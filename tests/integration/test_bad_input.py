@@ -128,3 +128,32 @@ def test_documents_at_the_limits_apply(agent, service, make_apply):
     assert doc["$status"]["state"] == "success", doc
     assert props(doc) == props(big)
     assert apply.inputs()[-1] == props(big)
+
+
+def test_deleted_desired_keeps_applied(agent, service, make_apply):
+    """An empty retained payload deletes the desired document on the broker: the device keeps
+    what it runs and reports no failure (protocol.md, "Agent behaviour")."""
+    from twinlib import poll
+
+    apply = make_apply()
+    agent.configure("apply", "command", apply.command)
+    agent.start()
+    service.wait_connection("online")
+    service.publish(GOOD)
+    service.wait_status("success", 1)
+
+    mark = service.mark()
+    service.publish_raw(b"")
+    assert poll(lambda: "removed" in agent.log_text(), 10), agent.log_tail()
+    agent.assert_alive()
+    failed = [d for d in service.reported_since(mark) if (d.get("$status") or {}).get("state") == "failed"]
+    assert not failed, failed
+
+    # A restart sees no desired document at all and keeps the applied configuration.
+    agent.stop()
+    mark = service.mark()
+    agent.start()
+    doc = service.wait_reported(lambda d: True, "the reported document after restart", mark)
+    assert props(doc) == props(GOOD), doc
+    assert doc["$status"]["state"] == "success", doc
+    assert len(apply.calls()) == 1, apply.calls()
