@@ -6,6 +6,10 @@
  * write interest only while libmosquitto has something to write, TCP_NODELAY, keepalive from a
  * timer armed for the keepalive deadline (no fixed ticks), reconnect with exponential backoff and
  * jitter (1 s to 60 s). The rest of the project sees "connected, disconnected, message, publish".
+ *
+ * MQTT 3.1.1, clean session. Callbacks run only from the loop, never inside an mqtt_client_*()
+ * call; from inside a callback the client may publish, subscribe, disconnect and even free
+ * itself. The process must ignore SIGPIPE (TLS writes go through OpenSSL): main()'s job.
  */
 
 #include <stdbool.h>
@@ -23,11 +27,13 @@ typedef struct MqttClientOptions {
         const char *cafile;     /* TLS: CA bundle; NULL with mqtts:// uses the system store */
         const char *certfile;   /* TLS client certificate, optional */
         const char *keyfile;    /* TLS client key, optional */
-        int keepalive;          /* seconds; 0 means 60 */
+        int keepalive;          /* seconds, 5..65535; 0 means 60 */
         const char *will_topic; /* NULL: no will */
         const char *will_payload;
         bool will_retain;
-        bool reconnect; /* reconnect with backoff after a loss or a failed connect */
+        /* Reconnect after a loss or a failed attempt (refused CONNACK included), after a delay
+         * drawn from [1,2] s, [2,4] s, ... capped at [32,60] s; back to [1,2] s after a CONNACK. */
+        bool reconnect;
 } MqttClientOptions;
 
 typedef struct MqttClientCallbacks {
@@ -35,7 +41,10 @@ typedef struct MqttClientCallbacks {
         void (*connected)(MqttClient *c, void *userdata);
         /* The connection was lost or could not be made. error is a negative errno (0 for a clean
          * disconnect we asked for), reason a human-readable line without secrets, retry_in_ms the
-         * delay before the next attempt (0 when no retry is scheduled). */
+         * delay before the next attempt (0 when no retry is scheduled). Errors: -ECONNREFUSED
+         * etc. from the socket, -ECONNRESET closed by the broker, -ETIMEDOUT keepalive, -EPROTO
+         * TLS or protocol, -EACCES refused CONNACK (not authorised, bad user name or password),
+         * -EHOSTUNREACH name not resolved. */
         void (*disconnected)(MqttClient *c, int error, const char *reason, uint64_t retry_in_ms,
                              void *userdata);
         /* A message arrived. payload is not NUL-terminated. */
@@ -47,12 +56,15 @@ typedef struct MqttClientCallbacks {
         void (*subscribed)(MqttClient *c, int mid, void *userdata);
 } MqttClientCallbacks;
 
-/* Makes a client on loop. Validates the options (URL, files exist when named). Does not connect.
- * Returns 0, -EINVAL with a reason in err, or another negative errno. */
+/* Makes a client on loop. Validates the options (URL, keepalive, TLS files readable and only with
+ * mqtts://, certificate and key together, no password without user). Does not connect. Returns 0,
+ * or a negative errno (-EINVAL, or the error opening a named file) with a reason in err. */
 int mqtt_client_new(MqttClient **ret, uv_loop_t *loop, const MqttClientOptions *opts,
                     const MqttClientCallbacks *cb, void *userdata, char *err, size_t errlen);
 
-/* Starts connecting now (asynchronously). Returns 0 or a negative errno. */
+/* Starts connecting now (asynchronously, from the loop). Returns 0, -EALREADY when started and
+ * not yet stopped, or a negative errno. A broker that is down is reported through the
+ * disconnected callback, not here. */
 int mqtt_client_start(MqttClient *c);
 
 /* Queues a publish; returns 0 and the message id in *ret_mid (may be NULL), -ENOTCONN when not
@@ -64,17 +76,19 @@ int mqtt_client_publish(MqttClient *c, const char *topic, const void *payload, s
  * errno (-ENOTCONN when not connected). */
 int mqtt_client_subscribe(MqttClient *c, const char *pattern, int qos, int *ret_mid);
 
+/* Whether the broker accepted the connection (CONNACK 0) and it is still up. */
 bool mqtt_client_is_connected(const MqttClient *c);
 
 /* Sends DISCONNECT after what is queued, and stops reconnecting; the disconnected callback runs
- * with error 0 once the connection is closed. */
+ * with error 0 once the connection is closed (or, with no connection open, on the next loop
+ * turn). Returns 0, or -ENOTCONN when the client is not started or already stopped. */
 int mqtt_client_disconnect(MqttClient *c);
 
 /* Whether the client still has outgoing data queued (for flushing before a clean shutdown). */
 bool mqtt_client_has_pending_output(const MqttClient *c);
 
 /* Closes everything; the memory goes when libuv has closed the handles (run the loop once more).
- * Accepts NULL; returns NULL. Callbacks never run after this. */
+ * Accepts NULL; returns NULL. Callbacks never run after this; may be called from a callback. */
 MqttClient *mqtt_client_free(MqttClient *c);
 
 /* A broker address for logs: "host:port" with "(TLS)" when secured. Borrowed. */
