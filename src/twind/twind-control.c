@@ -681,6 +681,16 @@ fail:
         return r;
 }
 
+bool control_server_has_followers(const ControlServer *s)
+{
+        if (!s || s->freeing)
+                return false;
+        for (const ControlClient *c = s->clients; c; c = c->next)
+                if (c->following && !c->closing)
+                        return true;
+        return false;
+}
+
 void control_server_broadcast(ControlServer *s, const json_t *event)
 {
         _cleanup_free_ char *line = NULL;

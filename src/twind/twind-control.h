@@ -19,6 +19,9 @@ typedef struct ControlServer ControlServer;
 int control_server_new(ControlServer **ret, uv_loop_t *loop, Manager *manager, const char *path,
                        int listen_fd);
 
+/* Whether any client follows events (so that events need to be built at all). */
+bool control_server_has_followers(const ControlServer *s);
+
 /* Sends an event line to every client following events. */
 void control_server_broadcast(ControlServer *s, const json_t *event);
 

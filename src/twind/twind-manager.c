@@ -20,7 +20,7 @@
 
 #define ERROR_MAX 1536
 
-/* A desired document that arrived while an apply ran; only the newest is kept. */
+/* A desired document not acted on yet; only the newest is kept. */
 typedef struct HeldDesired {
         char *payload;
         size_t len;
@@ -47,7 +47,11 @@ struct Manager {
 
         ApplyJob *job;
         json_t *applying; /* the desired document being applied */
+        /* Documents are acted on once the loop has read what the broker already sent (from a
+         * check handle, after the I/O phase), or when the running apply ends: a burst then
+         * costs one apply, not one per document. */
         HeldDesired held;
+        uv_check_t *held_check;
         bool reapply_queued;
 
         char *last_error;
@@ -59,6 +63,7 @@ struct Manager {
         void *shutdown_userdata;
 
         manager_event_fn event_fn;
+        manager_event_wanted_fn event_wanted_fn;
         void *event_userdata;
         manager_status_fn status_fn;
         void *status_userdata;
@@ -66,6 +71,7 @@ struct Manager {
 };
 
 static void manager_process_desired(Manager *m, const void *payload, size_t len);
+static void manager_process_held(Manager *m);
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -136,13 +142,19 @@ static void update_status_text(Manager *m)
                                 twin_dialect_address(m->dialect));
 }
 
-/* Sends an event to the listener: {"event": name, "time": ..., extra fields...}. Steals extra. */
+static bool events_wanted(const Manager *m)
+{
+        return m->event_fn && (!m->event_wanted_fn || m->event_wanted_fn(m->event_userdata));
+}
+
+/* Sends an event to the listener: {"event": name, "time": ..., extra fields...}. Steals extra.
+ * Callers on hot paths check events_wanted() first, to build nothing nobody reads. */
 static void emit_event(Manager *m, const char *name, json_t *extra)
 {
         _cleanup_json_ json_t *ev = extra ? extra : json_object();
         char now[32];
 
-        if (!ev || !m->event_fn)
+        if (!ev || !events_wanted(m))
                 return;
         twin_format_time(-1, now);
         json_object_set_new(ev, "event", json_string(name));
@@ -287,17 +299,20 @@ static void start_apply(Manager *m, json_t *doc)
         log_full(LOG_INFO, 0, &f, "Applying configId %s (desired $version %" PRId64 ")",
                  cid && *cid ? cid : "(none)", version);
 
-        set_status(m, make_status("pending", version, config_id, props, NULL));
-        publish_reported(m);
-        update_status_text(m);
-        emit_event(
-            m, "apply-started",
-            json_pack("{s:I, s:O?}", "desiredVersion", (json_int_t)version, "configId", config_id));
+        if (events_wanted(m))
+                emit_event(m, "apply-started",
+                           json_pack("{s:I, s:O?}", "desiredVersion", (json_int_t)version,
+                                     "configId", config_id));
 
         if (!m->apply_argv) {
+                /* Accepted as it is: nothing runs, so there is no pending phase to report. */
                 finish_apply(m, 0, NULL);
                 return;
         }
+
+        set_status(m, make_status("pending", version, config_id, props, NULL));
+        publish_reported(m);
+        update_status_text(m);
 
         input = json_dumps_compact(props);
         if (!input) {
@@ -389,10 +404,12 @@ static void finish_apply(Manager *m, int error, const char *message)
         }
 
         publish_reported(m);
-        emit_event(m, "apply-finished",
-                   json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion", (json_int_t)version,
-                             "configId", config_id, "result", error == 0 ? "success" : "failed",
-                             "error", error == 0 ? NULL : message));
+        if (events_wanted(m))
+                emit_event(m, "apply-finished",
+                           json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion",
+                                     (json_int_t)version, "configId", config_id, "result",
+                                     error == 0 ? "success" : "failed", "error",
+                                     error == 0 ? NULL : message));
         update_status_text(m);
 
         if (m->shutting_down)
@@ -400,12 +417,8 @@ static void finish_apply(Manager *m, int error, const char *message)
 
         /* What arrived while this apply ran: only the newest document counts. */
         if (m->held.payload) {
-                HeldDesired held = m->held;
-
-                m->held = (HeldDesired){ 0 };
                 m->reapply_queued = false;
-                manager_process_desired(m, held.payload, held.len);
-                free(held.payload);
+                manager_process_held(m);
         } else if (m->reapply_queued && m->desired) {
                 m->reapply_queued = false;
                 start_apply(m, m->desired);
@@ -563,32 +576,58 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
                 emit_event(m, "disconnected", json_pack("{s:s?}", "reason", reason));
 }
 
+/* Acts on the newest held document, unless an apply runs (it is then acted on when that ends). */
+static void manager_process_held(Manager *m)
+{
+        HeldDesired held = m->held;
+
+        if (m->applying || !held.payload || m->shutting_down)
+                return;
+        m->held = (HeldDesired){ 0 };
+        manager_process_desired(m, held.payload, held.len);
+        free(held.payload);
+}
+
+static void on_held_check(uv_check_t *h)
+{
+        Manager *m = h->data;
+
+        uv_check_stop(h);
+        manager_process_held(m);
+}
+
+static void on_held_check_closed(uv_handle_t *h)
+{
+        free(h);
+}
+
 static void on_desired(TwinDialect *d, const void *payload, size_t len, void *userdata)
 {
         Manager *m = userdata;
-        int64_t version = -1;
-        _cleanup_json_ json_t *peek = json_loadb(payload, len, 0, NULL);
+        char *copy;
 
-        if (peek)
-                version = twin_document_version(peek);
-        emit_event(m, "desired-received",
-                   json_pack("{s:I}", "desiredVersion", (json_int_t)version));
+        if (events_wanted(m)) {
+                _cleanup_json_ json_t *peek = json_loadb(payload, len, 0, NULL);
 
-        if (m->applying) {
-                char *copy = malloc(len);
+                emit_event(m, "desired-received",
+                           json_pack("{s:I}", "desiredVersion",
+                                     (json_int_t)(peek ? twin_document_version(peek) : -1)));
+        }
 
-                if (!copy) {
-                        log_error_errno(-ENOMEM, "Failed to hold a desired document");
-                        return;
-                }
-                memcpy(copy, payload, len);
-                free(m->held.payload);
-                m->held = (HeldDesired){ .payload = copy, .len = len };
-                log_debug("Holding desired $version %" PRId64 " until the running apply ends",
-                          version);
+        copy = malloc(len);
+        if (!copy) {
+                log_error_errno(-ENOMEM, "Failed to hold a desired document");
                 return;
         }
-        manager_process_desired(m, payload, len);
+        memcpy(copy, payload, len);
+        if (m->held.payload)
+                log_debug("A newer desired document arrived before the previous one was acted on; "
+                          "skipping the previous one");
+        free(m->held.payload);
+        m->held = (HeldDesired){ .payload = copy, .len = len };
+
+        if (!m->applying)
+                uv_check_start(m->held_check, on_held_check);
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
@@ -672,6 +711,12 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config)
         else if (r < 0)
                 return log_error_errno(r, "Cannot load state from %s: %s", config->state_dir, err);
         m->reported_version = m->state->reported_version;
+
+        m->held_check = malloc(sizeof(*m->held_check));
+        if (!m->held_check)
+                return log_error_errno(-ENOMEM, "Failed to allocate the agent");
+        uv_check_init(loop, m->held_check);
+        m->held_check->data = m;
 
         r = manager_make_dialect(m);
         if (r < 0)
@@ -806,9 +851,11 @@ void manager_shutdown(Manager *m, uint64_t deadline_ms, void (*done)(void *userd
                 on_dialect_shut_down(m);
 }
 
-void manager_set_event_listener(Manager *m, manager_event_fn fn, void *userdata)
+void manager_set_event_listener(Manager *m, manager_event_fn fn, manager_event_wanted_fn wanted,
+                                void *userdata)
 {
         m->event_fn = fn;
+        m->event_wanted_fn = wanted;
         m->event_userdata = userdata;
 }
 
@@ -880,6 +927,8 @@ Manager *manager_free(Manager *m)
                 return NULL;
         apply_job_free(m->job);
         twin_dialect_free(m->dialect);
+        if (m->held_check)
+                uv_close((uv_handle_t *)m->held_check, on_held_check_closed);
         json_decref(m->applying);
         json_decref(m->desired);
         free(m->held.payload);

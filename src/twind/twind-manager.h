@@ -19,6 +19,8 @@ typedef struct Manager Manager;
 
 /* Receives every event (a JSON object with at least "event" and "time"); borrowed. */
 typedef void (*manager_event_fn)(const json_t *event, void *userdata);
+/* Whether anyone reads events now; events are not even built while it says false. */
+typedef bool (*manager_event_wanted_fn)(void *userdata);
 /* Receives a new one-line STATUS= text whenever what the agent does changes. */
 typedef void (*manager_status_fn)(const char *status, void *userdata);
 
@@ -38,7 +40,9 @@ int manager_reload(Manager *m, TwindConfig *config);
 void manager_shutdown(Manager *m, uint64_t deadline_ms, void (*done)(void *userdata),
                       void *userdata);
 
-void manager_set_event_listener(Manager *m, manager_event_fn fn, void *userdata);
+/* Sets the event listener; wanted may be NULL (always wanted). */
+void manager_set_event_listener(Manager *m, manager_event_fn fn, manager_event_wanted_fn wanted,
+                                void *userdata);
 void manager_set_status_listener(Manager *m, manager_status_fn fn, void *userdata);
 
 /* The "status" reply of the control socket (new reference). */

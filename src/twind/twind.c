@@ -174,6 +174,13 @@ static void on_event(const json_t *event, void *userdata)
                 control_server_broadcast(t->control, event);
 }
 
+static bool on_event_wanted(void *userdata)
+{
+        Twind *t = userdata;
+
+        return control_server_has_followers(t->control);
+}
+
 static void on_handle_closed(uv_handle_t *h)
 {
 }
@@ -303,7 +310,7 @@ int main(int argc, char *argv[])
         r = setup_control(&t);
         if (r < 0)
                 goto fail;
-        manager_set_event_listener(t.manager, on_event, &t);
+        manager_set_event_listener(t.manager, on_event, on_event_wanted, &t);
 
         if ((r = start_signal(&t, &t.sig_term, on_stop_signal, SIGTERM)) < 0 ||
             (r = start_signal(&t, &t.sig_int, on_stop_signal, SIGINT)) < 0 ||
