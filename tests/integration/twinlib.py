@@ -5,8 +5,11 @@ Every wait is bounded and fails with a message that says what was awaited, what 
 and the tail of the agent's log.
 """
 
+import glob
 import json
 import os
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -20,6 +23,12 @@ MOSQUITTO = os.environ.get("MOSQUITTO", "/usr/sbin/mosquitto")
 PYTHON = "/usr/bin/python3"
 TOPIC_ROOT = "twins"
 WAIT = 15.0  # default bound of one wait, seconds
+# Run twind under a tool: TWIND_WRAPPER="valgrind --error-exitcode=99 ... --log-file={dir}/
+# valgrind.%p.log" ({dir}: the agent's directory). The tool makes everything slower:
+# TWIN_TIMEOUT_SCALE multiplies every bound (poll, wait_exit), never a claim that nothing happens.
+WRAPPER = os.environ.get("TWIND_WRAPPER", "")
+WRAPPER_ERROR_EXIT = 99
+SCALE = float(os.environ.get("TWIN_TIMEOUT_SCALE", "1"))
 
 
 def twind_binary():
@@ -54,8 +63,8 @@ def tail(path, lines=40):
 
 
 def poll(predicate, timeout, interval=0.05):
-    """True as soon as predicate() is true, False after timeout seconds."""
-    deadline = time.monotonic() + timeout
+    """True as soon as predicate() is true, False after timeout seconds (times SCALE)."""
+    deadline = time.monotonic() + timeout * SCALE
     while True:
         if predicate():
             return True
@@ -241,8 +250,9 @@ class Agent:
         with open(self.log, "ab") as logf:
             logf.write(f"---- start twind {' '.join(extra)}\n".encode())
             logf.flush()
+            wrapper = shlex.split(WRAPPER.replace("{dir}", self.dir))
             self.proc = subprocess.Popen(
-                [twind_binary(), "-c", self.conf, *extra],
+                [*wrapper, twind_binary(), "-c", self.conf, *extra],
                 stdout=logf,
                 stderr=logf,
                 stdin=subprocess.DEVNULL,
@@ -273,10 +283,10 @@ class Agent:
     def wait_exit(self, timeout=10.0):
         """Returns the exit code; fails if the agent is still running after timeout."""
         try:
-            return self.proc.wait(timeout)
+            return self.proc.wait(timeout * SCALE)
         except subprocess.TimeoutExpired:
             raise AssertionError(
-                f"twind still running {timeout} s later:\n{self.log_tail()}"
+                f"twind still running {timeout * SCALE} s later:\n{self.log_tail()}"
             ) from None
 
     def stop(self, timeout=10.0):
@@ -291,9 +301,38 @@ class Agent:
         self.proc.wait(5)
 
     def cleanup(self):
+        """Stops the agent (SIGTERM, so that leak checkers get to report; SIGKILL if it hangs),
+        then fails if a sanitizer or the TWIND_WRAPPER tool found errors in any of its runs."""
         if self.running():
-            self.proc.kill()
-            self.proc.wait(5)
+            self.stopping = True
+            self.proc.terminate()
+            try:
+                self.proc.wait(10 * SCALE)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        problems = self.memory_errors()
+        if problems:
+            raise AssertionError("twind memory errors:\n" + "\n".join(problems))
+
+    def memory_errors(self):
+        """Reports of AddressSanitizer, UBSan, LeakSanitizer (in the log) and valgrind (its
+        log files, and the exit status WRAPPER_ERROR_EXIT)."""
+        found = []
+        log = self.log_text()
+        for marker in ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"):
+            if marker in log:
+                i = log.index(marker)
+                found.append(log[max(0, i - 200) : i + 3000])
+        if WRAPPER and self.proc is not None and self.proc.returncode == WRAPPER_ERROR_EXIT:
+            found.append(f"twind under {WRAPPER.split()[0]} exited with {WRAPPER_ERROR_EXIT}")
+        for path in sorted(glob.glob(os.path.join(self.dir, "valgrind*.log"))):
+            with open(path, errors="replace") as f:
+                text = f.read()
+            m = re.search(r"ERROR SUMMARY: (\d+) errors", text)
+            if (m and int(m.group(1)) > 0) or re.search(r"definitely lost: [1-9]", text):
+                found.append(f"{path}:\n{text[-6000:]}")
+        return found
 
     def log_text(self):
         try:
