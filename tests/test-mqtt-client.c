@@ -422,25 +422,54 @@ static void test_basic(const Broker *b)
         client_free(loop, c);
 }
 
-/* With keepalive 5 the broker drops a client silent for 7.5 s; 9 s idle must pass unharmed. */
+/* With keepalive 5 the broker drops a client that sent nothing for 1.5 keepalives. Over 12 s (the
+ * broker checks about once a second), a client that only receives, one that only sends and one that
+ * stays idle must all keep their connection: each pings in time on its own. */
+static void tick_publish(uv_timer_t *t)
+{
+        Events *e = t->data;
+
+        CHECK_INT_EQ(
+            mqtt_client_publish(*e->client, "ka/stream", "tick", 4, 0, false, &e->last_pub_mid), 0);
+}
+
 static void test_keepalive(const Broker *b)
 {
         uv_loop_t *loop = uv_default_loop();
         char url[64];
-        Events e = { .subscribe_on_connect = "ka/#" };
+        Events re = { .subscribe_on_connect = "ka/#" }, se = { 0 }, ie = { 0 };
         MqttClientOptions o = { .url = url, .keepalive = 5 };
-        MqttClient *c;
+        MqttClient *receiver, *sender, *idle;
+        uv_timer_t ticker;
 
         snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", b->port);
-        c = client_new(loop, &o, &e);
-        CHECK_INT_EQ(mqtt_client_start(c), 0);
-        CHECK(run_until(loop, &e.subscribed, 1, WAIT_MS));
-        run_for(loop, 9000);
-        CHECK_INT_EQ(e.disconnected, 0);
-        CHECK_INT_EQ(mqtt_client_publish(c, "ka/1", "x", 1, 1, false, &e.last_pub_mid), 0);
-        CHECK(run_until(loop, &e.messages, 1, WAIT_MS));
-        CHECK_INT_EQ(e.disconnected, 0);
-        client_free(loop, c);
+        receiver = client_new(loop, &o, &re);
+        sender = client_new(loop, &o, &se);
+        idle = client_new(loop, &o, &ie);
+        CHECK_INT_EQ(mqtt_client_start(receiver), 0);
+        CHECK_INT_EQ(mqtt_client_start(sender), 0);
+        CHECK_INT_EQ(mqtt_client_start(idle), 0);
+        CHECK(run_until(loop, &re.subscribed, 1, WAIT_MS));
+        CHECK(run_until(loop, &se.connected, 1, WAIT_MS));
+        CHECK(run_until(loop, &ie.connected, 1, WAIT_MS));
+
+        uv_timer_init(loop, &ticker);
+        se.client = &sender;
+        ticker.data = &se;
+        uv_timer_start(&ticker, tick_publish, 500, 500);
+        run_for(loop, 15000);
+        uv_close((uv_handle_t *)&ticker, NULL);
+        CHECK(re.messages >= 10);
+        CHECK(se.published >= 10);
+        CHECK_INT_EQ(re.disconnected, 0);
+        CHECK_INT_EQ(se.disconnected, 0);
+        CHECK_INT_EQ(ie.disconnected, 0);
+        CHECK(mqtt_client_is_connected(receiver));
+        CHECK(mqtt_client_is_connected(sender));
+        CHECK(mqtt_client_is_connected(idle));
+        mqtt_client_free(receiver);
+        mqtt_client_free(sender);
+        client_free(loop, idle);
 }
 
 /* A client that falls silent (its loop no longer runs, as when a device hangs or loses its

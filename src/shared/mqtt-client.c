@@ -17,9 +17,9 @@
 #include "broker-url.h"
 #include "macro.h"
 
-/* Before the handshake has finished, how long to wait after the last I/O for loop_misc: the
- * library keeps time in whole seconds, so one extra second guarantees its deadline has passed
- * when we call it, and the ping is at most that late (the broker allows 1.5 keepalives). */
+/* loop_misc runs one keepalive plus this after the last read or write: the library keeps time
+ * in whole seconds, so the extra second guarantees its deadline has passed when we call it, and
+ * the ping is at most that late (the broker allows 1.5 keepalives). */
 #define KEEPALIVE_SLACK_MS 1000
 #define BACKOFF_FIRST_MS   1000u
 #define BACKOFF_MAX_MS     60000u
@@ -57,7 +57,10 @@ struct MqttClient {
         uv_timer_t keepalive_timer;
         uv_poll_t *poll; /* one per connection: the fd changes on every connect */
         uv_getaddrinfo_t *resolve;
-        uint64_t last_call_ms; /* loop time of the last call into libmosquitto */
+        /* Loop time of the last call that may have read (loop_read) or written (loop_write,
+         * loop_misc, connect): never earlier than the library's own keepalive clocks, as with
+         * mosquitto_threaded_set() nothing else does I/O. */
+        uint64_t last_read_ms, last_write_ms;
 
         /* What went wrong with the current attempt, for the disconnected callback. */
         int connack_rc;
@@ -229,9 +232,18 @@ static bool client_want_write(MqttClient *c)
 
 static void keepalive_cb(uv_timer_t *t);
 
+static uint64_t client_keepalive_due(const MqttClient *c)
+{
+        /* The library pings when either direction was quiet for a keepalive: a client that only
+         * receives must still send, so the older of the two counts. */
+        uint64_t last = c->last_read_ms < c->last_write_ms ? c->last_read_ms : c->last_write_ms;
+
+        return last + (uint64_t)c->keepalive * 1000 + KEEPALIVE_SLACK_MS;
+}
+
 static void client_keepalive_start(MqttClient *c)
 {
-        uint64_t due = c->last_call_ms + (uint64_t)c->keepalive * 1000 + KEEPALIVE_SLACK_MS;
+        uint64_t due = client_keepalive_due(c);
         uint64_t now = uv_now(c->loop);
 
         (void)uv_timer_start(&c->keepalive_timer, keepalive_cb, due > now ? due - now : 0, 0);
@@ -253,7 +265,6 @@ static void client_update_poll(MqttClient *c)
  * dropped without telling us, re-arms the poll and the keepalive timer. */
 static void client_after_call(MqttClient *c, int rc, int saved_errno)
 {
-        c->last_call_ms = uv_now(c->loop);
         if (!c->poll)
                 return;
         if (mosquitto_socket(c->mosq) < 0) {
@@ -390,7 +401,7 @@ static void client_connect_to(MqttClient *c, const char *host)
 
         errno = 0;
         rc = mosquitto_connect_async(c->mosq, host, c->url.port, c->keepalive);
-        c->last_call_ms = uv_now(c->loop);
+        c->last_read_ms = c->last_write_ms = uv_now(c->loop);
         fd = mosquitto_socket(c->mosq);
         if (rc != MOSQ_ERR_SUCCESS || fd < 0) {
                 int saved = errno;
@@ -550,7 +561,7 @@ static void connect_timer_cb(uv_timer_t *t)
 static void keepalive_cb(uv_timer_t *t)
 {
         MqttClient *c = t->data;
-        uint64_t due = c->last_call_ms + (uint64_t)c->keepalive * 1000 + KEEPALIVE_SLACK_MS;
+        uint64_t due = client_keepalive_due(c);
         int rc;
 
         if (!c->poll)
@@ -564,6 +575,9 @@ static void keepalive_cb(uv_timer_t *t)
         client_enter(c);
         errno = 0;
         rc = mosquitto_loop_misc(c->mosq);
+        /* Our deadline is never before the library's, so it pinged (a write, answered by a
+         * read) or gave up on the connection: the next check is a keepalive away. */
+        c->last_read_ms = c->last_write_ms = uv_now(c->loop);
         client_after_call(c, rc, errno);
         /* Re-arm from now even when the call did nothing, so an idle client wakes once per
          * keepalive interval and never spins. */
@@ -599,6 +613,7 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                 errno = 0;
                 rc = mosquitto_loop_read(c->mosq, 1);
                 saved = errno;
+                c->last_read_ms = uv_now(c->loop);
                 ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
                 if (c->poll && fd >= 0 && mosquitto_socket(c->mosq) == fd && ssl &&
                     !SSL_is_init_finished(ssl)) {
@@ -619,6 +634,7 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                                 errno = 0;
                                 rc = mosquitto_loop_read(c->mosq, 1);
                                 saved = errno;
+                                c->last_read_ms = uv_now(c->loop);
                                 ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
                         } while (rc == MOSQ_ERR_SUCCESS && c->poll && ssl && SSL_has_pending(ssl) &&
                                  ++rounds < SSL_PENDING_ROUNDS);
@@ -628,6 +644,7 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                         errno = 0;
                         rc = mosquitto_loop_write(c->mosq, 1);
                         saved = errno;
+                        c->last_write_ms = uv_now(c->loop);
                 }
         }
 
