@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "broker-url.h"
@@ -23,8 +24,11 @@
 #define KEEPALIVE_SLACK_MS 1000
 #define BACKOFF_FIRST_MS   1000u
 #define BACKOFF_MAX_MS     60000u
-/* Bounded re-reads while OpenSSL holds decrypted bytes that epoll cannot see. */
-#define SSL_PENDING_ROUNDS 64
+/* mosquitto_loop_read() reads one packet. A readable callback reads on while more bytes wait
+ * (in the socket, or decrypted inside OpenSSL where epoll cannot see them), up to this many
+ * packets, so that a burst is read before the user acts on it (twind coalesces desired
+ * documents that way) and one busy connection still cannot starve the loop. */
+#define READ_ROUNDS_MAX 64
 
 typedef enum ClientState {
         CLIENT_STATE_IDLE,       /* not started, or stopped for good */
@@ -586,6 +590,14 @@ static void keepalive_cb(uv_timer_t *t)
         client_leave(c);
 }
 
+/* Whether the connection's socket has bytes waiting to be read. */
+static bool socket_has_input(MqttClient *c)
+{
+        int fd = mosquitto_socket(c->mosq), n = 0;
+
+        return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
+}
+
 static void poll_cb(uv_poll_t *handle, int status, int events)
 {
         MqttClient *c = handle->data;
@@ -636,8 +648,9 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                                 saved = errno;
                                 c->last_read_ms = uv_now(c->loop);
                                 ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
-                        } while (rc == MOSQ_ERR_SUCCESS && c->poll && ssl && SSL_has_pending(ssl) &&
-                                 ++rounds < SSL_PENDING_ROUNDS);
+                        } while (rc == MOSQ_ERR_SUCCESS && c->poll &&
+                                 ((ssl && SSL_has_pending(ssl)) || socket_has_input(c)) &&
+                                 ++rounds < READ_ROUNDS_MAX);
                 }
                 if ((events & UV_WRITABLE) && rc == MOSQ_ERR_SUCCESS && c->poll &&
                     mosquitto_socket(c->mosq) >= 0) {
