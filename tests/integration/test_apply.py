@@ -3,7 +3,7 @@
 
 import re
 
-from twinlib import props
+from twinlib import props, start_agent
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
@@ -23,9 +23,7 @@ def test_connect_publishes_online_and_reported_without_status(agent, service):
 
 def test_first_apply(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     mark = service.mark()
     desired = {"$version": 1, "configId": 1, "sendFrequency": "5m", "nested": {"a": [1, 2]}}
     service.publish(desired)
@@ -59,9 +57,7 @@ def test_first_apply(agent, service, make_apply):
 
 def test_string_config_id_and_whole_replacement(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     service.publish({"$version": 1, "configId": "blue", "a": 1, "b": 2})
     service.wait_status("success", 1)
     mark = service.mark()
@@ -79,9 +75,7 @@ def test_string_config_id_and_whole_replacement(agent, service, make_apply):
 
 def test_state_file_written(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     service.publish({"$version": 7, "configId": 3, "sendFrequency": "5m"})
     done = service.wait_status("success", 7)
     st = agent.read_state()

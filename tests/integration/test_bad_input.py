@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from twinlib import props
+from twinlib import props, start_agent
 
 GOOD = {"$version": 1, "configId": 1, "keep": "me"}
 
@@ -58,11 +58,7 @@ CASES = [
 @pytest.mark.parametrize("payload,needles,version", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_desired_refused(agent, service, make_apply, payload, needles, version):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(GOOD)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, GOOD)
     state_before = agent.read_state()
 
     mark = service.mark()
@@ -96,9 +92,7 @@ def test_bad_desired_refused(agent, service, make_apply, payload, needles, versi
 
 def test_documents_at_the_limits_apply(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
 
     # Exactly 10 levels (the document is level 1) is allowed.
     deep = {"$version": 1, "configId": 1, "a": nested(9)}
@@ -136,11 +130,7 @@ def test_deleted_desired_keeps_applied(agent, service, make_apply):
     from twinlib import poll
 
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(GOOD)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, GOOD)
 
     mark = service.mark()
     service.publish_raw(b"")

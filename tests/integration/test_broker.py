@@ -2,18 +2,14 @@
 """The broker comes and goes: the agent reconnects and republishes from local state, survives
 a broker that is down at start, and its MQTT will reports it offline when it vanishes."""
 
-from twinlib import props, settle
+from twinlib import props, settle, start_agent
 
 DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
 
 
 def test_broker_restart_agent_reconnects_and_republishes(agent, service, broker, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(DOC)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, DOC)
 
     cmark = service.connection_mark()
     mark = service.mark()

@@ -5,7 +5,7 @@ on them are skipped for the newest; a burst runs far fewer applies than it has d
 import json
 import socket
 
-from twinlib import poll, props
+from twinlib import poll, props, start_agent
 
 
 def agent_status(agent):
@@ -19,9 +19,7 @@ def agent_status(agent):
 
 def test_burst_runs_first_and_newest_only(agent, service, make_apply):
     apply = make_apply(sleep=1.5)
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     mark = service.mark()
     service.publish({"$version": 1, "configId": 1, "n": 1})
     assert poll(lambda: len(apply.calls()) == 1, 15), "the first apply did not start"

@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from twinlib import ApplyScript, poll, props, settle, twind_binary
+from twinlib import ApplyScript, poll, props, settle, start_agent, twind_binary
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 TIMEOUT = 10.0  # bound of every socket wait: only there so that a broken agent cannot hang us
@@ -126,10 +126,7 @@ def wait_status(agent, predicate, what):
 
 
 def start_connected(agent, service, apply=None):
-    if apply:
-        agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     wait_socket(agent)
     return wait_status(agent, lambda s: s.get("connected") is True, "connected")
 

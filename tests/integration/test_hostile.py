@@ -16,7 +16,7 @@ import pytest
 
 import twinlib
 from test_control import Control, start_connected, wait_socket
-from twinlib import props
+from twinlib import props, start_agent
 
 HWM_LIMIT_KIB = 32 * 1024
 GOOD = {"$version": 1, "configId": 1, "keep": "me"}
@@ -61,11 +61,7 @@ def assert_peak_rss_bounded(agent):
 
 def applied_good(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(GOOD)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, GOOD)
     return apply
 
 
@@ -167,9 +163,7 @@ def test_flood_of_10000_desired_updates(agent, service, make_apply):
     version, and its peak memory stays small."""
     n = 10000
     apply = make_apply(sleep=0.2)
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     wait_socket(agent)
 
     latencies, errors, done = [], [], threading.Event()

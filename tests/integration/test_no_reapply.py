@@ -4,7 +4,7 @@ behaviour" 2 and 3), and the reported $version only grows."""
 
 import pytest
 
-from twinlib import props, settle
+from twinlib import props, settle, start_agent
 
 DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
 
@@ -13,11 +13,7 @@ DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
 def applied(agent, service, make_apply):
     """An agent that has applied DOC once; returns its ApplyScript."""
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(DOC)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, DOC)
     assert len(apply.calls()) == 1
     return apply
 
@@ -99,9 +95,7 @@ def test_new_version_same_config_answered_without_apply(agent, service, applied)
 
 def test_without_config_id_props_decide(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     service.publish({"$version": 1, "a": 1})
     service.wait_status("success", 1)
     assert apply.inputs() == [{"a": 1}]
@@ -124,9 +118,7 @@ def test_without_config_id_props_decide(agent, service, make_apply):
 
 def test_reported_version_strictly_grows(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     for v in (1, 2, 3):
         mark = service.mark()
         service.publish({"$version": v, "configId": v})

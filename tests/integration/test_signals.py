@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from twinlib import poll, props, settle
+from twinlib import poll, props, settle, start_agent
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -31,9 +31,7 @@ def process_gone(pid):
 
 def test_sigterm_during_apply_stops_the_command(agent, service, make_apply):
     apply = make_apply(sleep=60)
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     service.publish({"$version": 1, "configId": 1})
     assert poll(lambda: len(apply.calls()) == 1, 15), agent.log_tail()
     cmark = service.connection_mark()

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from twinlib import poll, props
+from twinlib import poll, props, start_agent
 
 DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
 
@@ -79,11 +79,7 @@ def test_corrupt_state_file_kept_aside(agent, service, make_apply, content):
 
 def test_stale_temp_file_removed(agent, service, make_apply):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(DOC)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, DOC)
     assert agent.stop() == 0
     good = agent.read_state()
 
@@ -136,11 +132,7 @@ def fill(directory):
 
 def test_disk_full_fails_apply_and_keeps_old_state(agent, service, make_apply, small_state_dir):
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
-    service.publish(DOC)
-    service.wait_status("success", 1)
+    start_agent(agent, service, apply, DOC)
     with open(agent.state_file, "rb") as f:
         before = f.read()
 

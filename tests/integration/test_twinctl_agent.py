@@ -19,6 +19,7 @@ from test_twinctl import (
     twinctl,
     twinctl_binary,
 )
+from twinlib import start_agent
 
 
 def get_json(broker, device):
@@ -31,9 +32,7 @@ def get_json(broker, device):
 def running(agent, service, make_apply):
     """The agent with a recording apply command, connected."""
     apply = make_apply()
-    agent.configure("apply", "command", apply.command)
-    agent.start()
-    service.wait_connection("online")
+    start_agent(agent, service, apply)
     return apply
 
 

@@ -519,3 +519,16 @@ def props(doc):
 def settle(seconds=1.0):
     """Lets a negative claim ("nothing else happens") have a chance to be false."""
     time.sleep(seconds)
+
+
+def start_agent(agent, service, apply=None, doc=None):
+    """Starts the agent (with apply as its apply command, when given), waits until it is online,
+    then, when doc is given, publishes it and waits until the agent reports it applied."""
+    if apply is not None:
+        agent.configure("apply", "command", apply.command)
+    agent.start()
+    service.wait_connection("online")
+    if doc is not None:
+        service.publish(doc)
+        return service.wait_status("success", doc["$version"])
+    return None
