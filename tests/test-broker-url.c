@@ -37,6 +37,24 @@ static void check_refused(int line, const char *url, const char *reason)
         broker_url_done(&u);
 }
 
+/* Expects a refusal with reason that never shows the user name ("alice") or the password. */
+static void check_redacted(int line, const char *url, const char *reason, const char *secret,
+                           const char *shown)
+{
+        BrokerUrl u = { 0 };
+        char err[256] = "";
+        int r = broker_url_parse(url, &u, err, sizeof(err));
+
+        if (r != -EINVAL || u.host || !strstr(err, reason) || strstr(err, secret) ||
+            strstr(err, "alice") || !strstr(err, shown)) {
+                fprintf(stderr,
+                        "%s:%d: <%s> gave r=%d err=<%s>, expected -EINVAL, <%s> and no <%s>\n",
+                        __FILE__, line, url, r, err, shown, secret);
+                test_failures++;
+        }
+        broker_url_done(&u);
+}
+
 int main(void)
 {
         check_ok(__LINE__, "mqtt://127.0.0.1:1883", "127.0.0.1", 1883, false);
@@ -69,7 +87,18 @@ int main(void)
         check_refused(__LINE__, "mqtt://h//", "a path, query or fragment");
         check_refused(__LINE__, "mqtt://h?x=1", "a path, query or fragment");
         check_refused(__LINE__, "mqtt://h#frag", "a path, query or fragment");
-        check_refused(__LINE__, "mqtt://user:secret@h:1883", "user info is not supported");
+        check_redacted(__LINE__, "mqtt://alice:S3cret@host", "user info is not supported", "S3cret",
+                       "mqtt://***@host");
+        check_redacted(__LINE__, "mqtts://alice:S3cret@h:8883", "user info is not supported",
+                       "S3cret", "mqtts://***@h:8883");
+        /* A '/', '?', '#' or '@' inside the password does not end the redaction early. */
+        check_redacted(__LINE__, "mqtt://alice:pa/ss@h", "user info is not supported", "pa/ss",
+                       "mqtt://***@h");
+        check_redacted(__LINE__, "mqtt://alice:p@s?s#x@h", "user info is not supported", "p@s?s#x",
+                       "mqtt://***@h");
+        check_redacted(__LINE__, "tcp://alice:S3cret@h", "unsupported scheme", "S3cret",
+                       "tcp://***@h");
+        check_redacted(__LINE__, "alice:S3cret@h:1883", "no scheme", "S3cret", "\"***@h:1883\"");
         check_refused(__LINE__, "mqtt://::1:1883", "put an IPv6 address in brackets");
         check_refused(__LINE__, "mqtt://[::1:1883", "closing ']'");
         check_refused(__LINE__, "mqtt://[::g]:1883", "is not an IPv6 address");

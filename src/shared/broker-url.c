@@ -16,10 +16,43 @@
 /* Longest URL quoted back in an error message. */
 #define QUOTE_MAX 128
 
+static bool is_scheme_char(char c)
+{
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+               c == '+' || c == '-' || c == '.';
+}
+
+/* Copies url into buf with any user info replaced by "***@": error messages end up on stderr and
+ * in the journal, and user info usually holds a password. Everything up to the last '@' counts,
+ * since a password may itself contain '/', '?', '#' or '@'. */
+static void url_redact(const char *url, char *buf, size_t buflen)
+{
+        const char *sep = strstr(url, "://"), *start = url, *at;
+        size_t prefix;
+
+        /* Only a real scheme ends before "://"; "a:b://c@h" has none and all of it is hidden. */
+        if (sep && sep > url) {
+                start = sep + 3;
+                for (const char *c = url; c < sep; c++)
+                        if (!is_scheme_char(*c)) {
+                                start = url;
+                                break;
+                        }
+        }
+        at = strrchr(start, '@');
+        if (!at) {
+                snprintf(buf, buflen, "%s", url);
+                return;
+        }
+        prefix = (size_t)(start - url);
+        snprintf(buf, buflen, "%.*s***@%s", (int)(prefix < QUOTE_MAX ? prefix : QUOTE_MAX), url,
+                 at + 1);
+}
+
 static int url_err(char *err, size_t errlen, const char *url, const char *fmt, ...) _printf_(4, 5);
 static int url_err(char *err, size_t errlen, const char *url, const char *fmt, ...)
 {
-        char reason[256];
+        char reason[256], shown[QUOTE_MAX + 1];
         va_list ap;
 
         if (!err || errlen == 0)
@@ -27,7 +60,8 @@ static int url_err(char *err, size_t errlen, const char *url, const char *fmt, .
         va_start(ap, fmt);
         vsnprintf(reason, sizeof(reason), fmt, ap);
         va_end(ap);
-        snprintf(err, errlen, "invalid broker URL \"%.*s\": %s", QUOTE_MAX, url, reason);
+        url_redact(url, shown, sizeof(shown));
+        snprintf(err, errlen, "invalid broker URL \"%s\": %s", shown, reason);
         utf8_sanitize_line(err);
         return -EINVAL;
 }
@@ -85,9 +119,10 @@ int broker_url_parse(const char *url, BrokerUrl *ret, char *err, size_t errlen)
                 return url_err(err, errlen, url,
                                "no scheme, use mqtt://host[:port] or mqtts://host[:port]");
 
-        /* The authority ends at the path, query or fragment. */
+        /* The authority ends at the path, query or fragment. Any '@' is refused as user info,
+         * even after a '/', since a password may contain one. */
         end = p + strcspn(p, "/?#");
-        if (memchr(p, '@', (size_t)(end - p)))
+        if (strchr(p, '@'))
                 return url_err(err, errlen, url,
                                "user info is not supported, configure username and password_file "
                                "instead");
