@@ -230,6 +230,17 @@ static void test_decode_refusals(void)
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, \"desiredVersion\": 4, "
                              "\"reportedVersion\": -1}",
                              "reportedVersion: not a non-negative integer");
+        /* So high that the reserve blocks and increments the agent adds would overflow. */
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, \"desiredVersion\": 4, "
+                             "\"reportedVersion\": 9223372036854775807}",
+                             "reportedVersion: larger than 4611686018427387903");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, \"desiredVersion\": 4, "
+                             "\"reportedVersion\": 4611686018427387904}",
+                             "reportedVersion: larger than 4611686018427387903");
+        /* Beyond what a JSON integer here can hold at all. */
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, \"desiredVersion\": 4, "
+                             "\"reportedVersion\": 9223372036854775808}",
+                             "not JSON: ");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"status\": 3}",
                              "status: not an object");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"status\": {}}",
@@ -251,6 +262,18 @@ static void test_decode_refusals(void)
                 CHECK_INT_EQ(twin_state_decode(t, strlen(t), &s, err, sizeof err), 0);
         }
         CHECK(state_is_empty(s));
+        twin_state_free(s);
+        s = NULL;
+
+        /* The largest accepted values: a desired $version may be any the protocol allows. */
+        {
+                const char *t = "{\"format\": 1, \"applied\": {}, "
+                                "\"desiredVersion\": 9223372036854775807, "
+                                "\"reportedVersion\": 4611686018427387903}";
+                CHECK_INT_EQ(twin_state_decode(t, strlen(t), &s, err, sizeof err), 0);
+                CHECK(s && s->desired_version == INT64_MAX &&
+                      s->reported_version == TWIN_STATE_REPORTED_VERSION_MAX);
+        }
         twin_state_free(s);
         s = NULL;
 

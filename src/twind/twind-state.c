@@ -151,6 +151,13 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
         if (!json_is_integer(reported) || json_integer_value(reported) < 0)
                 return decode_error(err, errlen, -EINVAL, "reportedVersion: %s",
                                     reported ? "not a non-negative integer" : "missing");
+        if (json_integer_value(reported) > TWIN_STATE_REPORTED_VERSION_MAX)
+                return decode_error(err, errlen, -EINVAL,
+                                    "reportedVersion: larger than %" PRId64
+                                    ", the reported $version would overflow",
+                                    (int64_t)TWIN_STATE_REPORTED_VERSION_MAX);
+        /* desiredVersion needs no upper bound: any $version the protocol allows (up to
+         * TWIN_VERSION_MAX, all of int64) may have been answered, and it is only compared. */
 
         status = json_object_get(root, "status");
         if (json_is_null(status))

@@ -17,6 +17,11 @@
 #define TWIN_STATE_MAX_BYTES (256 * 1024)
 /* The reported $version is reserved in blocks so that a publish needs no fsync of its own. */
 #define TWIN_STATE_VERSION_RESERVE 64
+/* Largest reportedVersion a state file may hold. The agent adds reserve blocks and increments
+ * to it; half the int64 range leaves room for more publishes than a device will ever make, so
+ * that arithmetic cannot overflow (a tampered or corrupt file must not cause undefined
+ * behaviour). */
+#define TWIN_STATE_REPORTED_VERSION_MAX (INT64_MAX / 2)
 
 typedef struct TwinState {
         json_t *applied;          /* applied properties (object, never NULL) */
@@ -36,7 +41,8 @@ int twin_state_copy(const TwinState *s, TwinState **ret);
 /* Pure: serialise to a malloc'd NUL-terminated JSON text. Returns 0 or -ENOMEM. */
 int twin_state_encode(const TwinState *s, char **ret);
 
-/* Pure: parse text (len bytes). Returns 0, or -EINVAL / -E2BIG with a reason in err. */
+/* Pure: parse text (len bytes); reportedVersion at most TWIN_STATE_REPORTED_VERSION_MAX.
+ * Returns 0, or -EINVAL / -E2BIG with a reason in err. */
 int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, size_t errlen);
 
 /*
