@@ -244,10 +244,16 @@ int twin_state_save(const char *dir, const TwinState *s)
                 (void)unlink(temp);
                 return r;
         }
-        /* After the rename the new file is in place; a failure here means it may not survive a
-         * crash, which the caller should still hear about. */
+        /* After the rename the new file is what the disk holds and what load will read. Were
+         * this an error, the caller would restore the old state in memory and report a failure
+         * while the disk held the new one; so warn (the rename may not survive a crash) and
+         * succeed. Not unit-tested: fsync on a directory cannot be made to fail without a
+         * faulty file system. */
         if (fsync(dfd) < 0)
-                return negative_errno();
+                log_warning_errno(negative_errno(),
+                                  "Failed to fsync state directory %s, the new state is in place "
+                                  "but may not survive a crash, ignoring",
+                                  dir);
         return 0;
 }
 

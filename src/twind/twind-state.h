@@ -54,6 +54,8 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
 int twin_state_load(const char *dir, TwinState **ret, char **ret_kept_aside, char *err,
                     size_t errlen);
 
-/* Atomically replaces dir/state.json: temp file in dir, write, fsync, rename, fsync dir. On any
- * failure the old file stays intact, the temp file is removed and a negative errno returned. */
+/* Atomically replaces dir/state.json: temp file in dir, write, fsync, rename, fsync dir. On a
+ * failure up to the rename the old file stays intact, the temp file is removed and a negative
+ * errno returned; once renamed the new file is in place, so a failing directory fsync is only
+ * logged as a warning and 0 returned. */
 int twin_state_save(const char *dir, const TwinState *s);
