@@ -264,8 +264,35 @@ static void test_missing_file(void)
 
         /* A directory is not a configuration file. */
         CHECK_INT_EQ(twind_config_load_file(c, tmpdir, true, err, sizeof err), -EISDIR);
-        snprintf(want, sizeof want, "cannot read %s: Is a directory", tmpdir);
+        snprintf(want, sizeof want, "%s is not a regular file", tmpdir);
         CHECK_STR_EQ(err, want);
+}
+
+/* A FIFO as the configuration or password file is refused at once: opening or reading one
+ * would block the agent's loop (on SIGHUP) until a writer shows up. The alarm turns such a
+ * hang into a failure of this test instead of a stuck test run. */
+static void test_fifo_refused(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char fifo[512], err[512] = "", want[600];
+        char *pw = NULL;
+
+        snprintf(fifo, sizeof fifo, "%s/fifo", tmpdir);
+        CHECK_INT_EQ(mkfifo(fifo, 0600), 0);
+        CHECK_INT_EQ(twind_config_new(&c), 0);
+        alarm(10);
+
+        CHECK_INT_EQ(twind_config_load_file(c, fifo, true, err, sizeof err), -EINVAL);
+        snprintf(want, sizeof want, "%s is not a regular file", fifo);
+        CHECK_STR_EQ(err, want);
+
+        CHECK_INT_EQ(twind_config_set_string(&c->password_file, fifo), 0);
+        CHECK_INT_EQ(twind_config_read_password(c, &pw, err, sizeof err), -EINVAL);
+        snprintf(want, sizeof want, "password file %s is not a regular file", fifo);
+        CHECK_STR_EQ(err, want);
+        CHECK(pw == NULL);
+
+        alarm(0);
 }
 
 static void check_verify(const char *content, const char *expected, int line)
@@ -470,6 +497,7 @@ int main(void)
         test_errors();
         test_overrides();
         test_missing_file();
+        test_fifo_refused();
         test_verify();
         test_password();
         test_credential_files();

@@ -341,6 +341,42 @@ static int config_handler(void *user, const char *section, const char *name, con
         return 1;
 }
 
+/* Opens path for reading and refuses anything but a regular file. O_NONBLOCK because a FIFO
+ * would otherwise block the open (and then the read) until a writer appears, and these files
+ * are read again on SIGHUP, on the agent's loop. label prefixes the path in err ("password file
+ * "). Returns the fd, or a negative errno (-EISDIR / -EINVAL when not a regular file) with err
+ * set. */
+static int open_regular_file(const char *path, const char *label, struct stat *ret_st, char *err,
+                             size_t errlen)
+{
+        _cleanup_close_ int fd = -1;
+        struct stat st;
+        int r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0) {
+                r = negative_errno();
+                if (err)
+                        snprintf(err, errlen, "cannot open %s%s: %s", label, path, strerror(-r));
+                return r;
+        }
+        if (fstat(fd, &st) < 0) {
+                r = negative_errno();
+                if (err)
+                        snprintf(err, errlen, "cannot stat %s%s: %s", label, path, strerror(-r));
+                return r;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                if (err)
+                        snprintf(err, errlen, "%s%s is not a regular file", label, path);
+                return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+        }
+        /* O_NONBLOCK has no effect on a regular file; nothing to undo. */
+        if (ret_st)
+                *ret_st = st;
+        return TAKE_FD(fd);
+}
+
 int twind_config_load_file(TwindConfig *c, const char *path, bool required, char *err,
                            size_t errlen)
 {
@@ -350,20 +386,29 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
                 .err = err,
                 .errlen = errlen,
         };
+        _cleanup_close_ int fd = -1;
         int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
 
-        ctx.f = fopen(path, "re");
+        fd = open_regular_file(path, "", NULL, err, errlen);
+        if (fd < 0) {
+                if (fd == -ENOENT && !required) {
+                        if (err && errlen > 0)
+                                err[0] = '\0';
+                        return 0;
+                }
+                return fd;
+        }
+        ctx.f = fdopen(fd, "re");
         if (!ctx.f) {
                 r = negative_errno();
-                if (r == -ENOENT && !required)
-                        return 0;
                 if (err)
                         snprintf(err, errlen, "cannot open %s: %s", path, strerror(-r));
                 return r;
         }
+        fd = -1; /* owned by ctx.f now */
 
         r = ini_parse_stream(config_reader, &ctx, config_handler, &ctx);
         fclose(ctx.f);
@@ -564,26 +609,9 @@ int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size
                 return r;
         path = joined ? joined : c->password_file;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-        if (fd < 0) {
-                r = negative_errno();
-                if (err)
-                        snprintf(err, errlen, "cannot open password file %s: %s", path,
-                                 strerror(-r));
-                return r;
-        }
-        if (fstat(fd, &st) < 0) {
-                r = negative_errno();
-                if (err)
-                        snprintf(err, errlen, "cannot stat password file %s: %s", path,
-                                 strerror(-r));
-                return r;
-        }
-        if (!S_ISREG(st.st_mode)) {
-                if (err)
-                        snprintf(err, errlen, "password file %s is not a regular file", path);
-                return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-        }
+        fd = open_regular_file(path, "password file ", &st, err, errlen);
+        if (fd < 0)
+                return fd;
         if (st.st_mode & S_IRWXO)
                 log_warning("password file %s is readable by others; chmod 600 it", path);
 

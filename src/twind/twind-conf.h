@@ -48,8 +48,9 @@ int twind_config_new(TwindConfig **ret);
 
 /*
  * Reads path into c, key by key over the defaults. A missing file is -ENOENT when required is
- * true and ignored otherwise. Unknown sections or keys, bad values, and syntax errors are
- * -EINVAL with one line in err naming the file, the line, the key and what is wrong.
+ * true and ignored otherwise; anything but a regular file (a FIFO would block) is -EISDIR or
+ * -EINVAL. Unknown sections or keys, bad values, and syntax errors are -EINVAL with one line in
+ * err naming the file, the line, the key and what is wrong.
  */
 int twind_config_load_file(TwindConfig *c, const char *path, bool required, char *err,
                            size_t errlen);
@@ -67,7 +68,8 @@ int twind_config_resolve_credentials(TwindConfig *c, char *err, size_t errlen);
 
 /* Reads the password file named by the configuration (credential-aware: a relative name is
  * looked up in $CREDENTIALS_DIRECTORY). Strips one trailing newline. Warns when the file is
- * readable by others. Returns 0 with *ret NULL when none is configured. */
+ * readable by others. Refuses anything but a regular file. Returns 0 with *ret NULL when none is
+ * configured. */
 int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size_t errlen);
 
 TwindConfig *twind_config_free(TwindConfig *c);
