@@ -549,11 +549,14 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
         if (r < 0)
                 return broker_error_to_exit(r);
         if (s->superseded) {
-                log_error("desired $version %" PRId64 " of %s was replaced by %s%" PRId64
-                          " before the device answered it",
-                          s->wait_version, s->device_id,
-                          s->superseded_by >= 0 ? "$version " : "a document without $version",
-                          s->superseded_by >= 0 ? s->superseded_by : 0);
+                if (s->superseded_by >= 0)
+                        log_error("desired $version %" PRId64 " of %s was replaced by $version "
+                                  "%" PRId64 " before the device answered it",
+                                  s->wait_version, s->device_id, s->superseded_by);
+                else
+                        log_error("desired $version %" PRId64 " of %s was replaced by a document "
+                                  "without $version before the device answered it",
+                                  s->wait_version, s->device_id);
                 return TWINCTL_EXIT_CONFLICT;
         }
 

@@ -761,3 +761,46 @@ def test_broker_refusing_credentials_is_access_denied(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---- set --wait against other writers and stale answers ------------------------------------
+
+
+class Rival:
+    """Another writer: once it sees the desired document that matches(doc) on device's topic,
+    it publishes its own document there (retained), once."""
+
+    def __init__(self, broker, device_id, matches, doc):
+        self.fired = threading.Event()
+        self.matches, self.doc, self.t = matches, doc, topic(device_id, "desired")
+        self.c = mqtt.Client(client_id=f"rival-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
+        connected = threading.Event()
+        self.c.on_connect = lambda c, u, f, rc: (c.subscribe(self.t, 1), connected.set())
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", broker.port, keepalive=30)
+        self.c.loop_start()
+        assert connected.wait(10), "rival could not connect"
+
+    def _on_message(self, c, u, msg):
+        if self.fired.is_set() or not msg.payload:
+            return
+        if self.matches(json.loads(msg.payload)):
+            self.fired.set()
+            payload = self.doc if isinstance(self.doc, bytes) else json.dumps(self.doc)
+            c.publish(self.t, payload, 1, True)
+
+    def close(self):
+        self.c.loop_stop()
+        self.c.disconnect()
+
+
+def test_set_wait_replaced_by_document_without_version(broker, client):
+    client.publish(topic("d", "desired"), {"$version": 4, "configId": 4, "a": 1})
+    rival = Rival(broker, "d", lambda d: d.get("a") == 2, {"configId": 9, "a": 3})
+    try:
+        r = twinctl(broker, "set", "d", "a=2", "--wait", "--timeout", "20")
+    finally:
+        rival.close()
+    assert rival.fired.is_set()
+    assert r.returncode == EXIT_CONFLICT, r.stderr
+    assert "replaced by a document without $version before" in r.stderr, r.stderr
