@@ -329,13 +329,17 @@ static int print_status(const json_t *o)
         const json_t *counters = json_object_get(o, "counters");
         const char *state = json_string_value(json_object_get(o, "state"));
         const char *since = json_string_value(json_object_get(o, "connectedSince"));
+        const char *broker = json_string_value(json_object_get(o, "broker"));
         char *v;
         int r = 0;
 
 #define ADD(key, value)                                                                            \
         do {                                                                                       \
+                char *_v = (value);                                                                \
                 if (r >= 0)                                                                        \
-                        r = fields_add(&f, strdup(key), (value));                                  \
+                        r = fields_add(&f, strdup(key), _v);                                       \
+                else                                                                               \
+                        free(_v);                                                                  \
         } while (0)
 #define ADDF(key, ...)                                                                             \
         do {                                                                                       \
@@ -346,11 +350,10 @@ static int print_status(const json_t *o)
 
         ADD("Device", str_or_dash(json_object_get(o, "deviceId")));
         if (json_is_true(json_object_get(o, "connected")))
-                ADDF("Broker", "%s, connected since %s",
-                     json_string_value(json_object_get(o, "broker")), since ? since : "?");
+                ADDF("Broker", "%s, connected since %s", broker ? broker : "?",
+                     since ? since : "?");
         else
-                ADDF("Broker", "%s%s, not connected%s",
-                     json_string_value(json_object_get(o, "broker")),
+                ADDF("Broker", "%s%s, not connected%s", broker ? broker : "?",
                      output_color_on(OUTPUT_COLOR_RED), output_color_off());
         ADDF("State", "%s%s%s", output_color_on(output_state_color(state)), state ? state : "-",
              output_color_off());

@@ -290,6 +290,17 @@ static bool array_has_string(const json_t *array, const char *s)
 
 /* ---- get ---------------------------------------------------------------------------------- */
 
+/* "$version 4", or "(none)" for no document or one without a usable $version. */
+static void print_version_line(const char *label, const json_t *doc)
+{
+        int64_t v = doc ? twin_document_version(doc) : -1;
+
+        if (v >= 0)
+                printf("%s$version %" PRId64 "\n", label, v);
+        else
+                printf("%s(none)\n", label);
+}
+
 static void get_print_human(const char *id, const json_t *desired, const json_t *reported,
                             const json_t *connection)
 {
@@ -324,16 +335,8 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
                 printf("$status:    %s%s%s\n", st ? st : "?", at ? ", at " : "", at ? at : "");
         } else
                 printf("$status:    (none)\n");
-        printf("Desired:    ");
-        if (desired)
-                printf("$version %" PRId64 "\n", twin_document_version(desired));
-        else
-                printf("(none)\n");
-        printf("Reported:   ");
-        if (reported)
-                printf("$version %" PRId64 "\n", twin_document_version(reported));
-        else
-                printf("(none)\n");
+        print_version_line("Desired:    ", desired);
+        print_version_line("Reported:   ", reported);
 
         if (!dprops || !rprops || !diff || !keys)
                 return;

@@ -279,12 +279,20 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ':':
                         log_error("option '%s' needs an argument", argv[optind - 1]);
                         return -EINVAL;
-                case '?':
-                        if (optopt)
+                case '?': {
+                        const char *arg = argv[optind - 1];
+
+                        /* getopt sets optopt also for a long option given an argument it does
+                         * not take ("--json=x"), and then the word is the one to name. */
+                        if (optopt && strncmp(arg, "--", 2) == 0 && strchr(arg, '='))
+                                log_error("option '%.*s' takes no argument",
+                                          (int)(strchr(arg, '=') - arg), arg);
+                        else if (optopt && strncmp(arg, "--", 2) != 0)
                                 log_error("unknown option '-%c'", optopt);
                         else
-                                log_error("unknown option '%s'", argv[optind - 1]);
+                                log_error("unknown option '%s'", arg);
                         return -EINVAL;
+                }
                 default:
                         log_error("unhandled option");
                         return -EINVAL;

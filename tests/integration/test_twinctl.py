@@ -804,3 +804,28 @@ def test_set_wait_replaced_by_document_without_version(broker, client):
     assert rival.fired.is_set()
     assert r.returncode == EXIT_CONFLICT, r.stderr
     assert "replaced by a document without $version before" in r.stderr, r.stderr
+
+
+def test_long_option_given_an_argument_is_named():
+    r = twinctl(None, "--json=x", "list")
+    assert r.returncode == EXIT_USAGE, r.stderr
+    assert "--json" in r.stderr and "'-j'" not in r.stderr, r.stderr
+
+
+def test_get_document_without_version_shows_none(broker, client):
+    client.publish(topic("nov", "desired"), {"configId": 1, "a": 1})
+    client.publish(topic("nov", "reported"), {"configId": 1, "a": 1})
+    r = twinctl(broker, "get", "nov")
+    assert r.returncode == EXIT_OK, r.stderr
+    lines = [l for l in r.stdout.splitlines() if l.startswith(("Desired:", "Reported:"))]
+    assert len(lines) == 2 and all(l.split(":", 1)[1].strip() == "(none)" for l in lines), r.stdout
+
+
+def test_status_without_broker_field(agent_socket):
+    status = {k: v for k, v in STATUS.items() if k != "broker"}
+    path = agent_socket({"status": (status, None)})
+    r = twinctl(None, "--socket", path, "status")
+    assert r.returncode == EXIT_OK, r.stderr
+    broker_line = [l for l in r.stdout.splitlines() if l.strip().startswith("Broker:")]
+    assert broker_line and "(null)" not in broker_line[0], r.stdout
+    assert "connected since" in broker_line[0]
