@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The device-side verbs: status, events and reapply, over the agent's control socket. */
 #include <errno.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -131,7 +132,8 @@ static int agent_read_line(AgentConnection *c, uint64_t deadline_ms, char **ret)
                         uint64_t now = now_ms();
                         if (now >= deadline_ms)
                                 return -ETIMEDOUT;
-                        timeout = (int)(deadline_ms - now);
+                        /* --timeout allows a year, more milliseconds than an int holds. */
+                        timeout = deadline_ms - now > INT_MAX ? INT_MAX : (int)(deadline_ms - now);
                 }
                 k = poll(&p, 1, timeout);
                 if (k < 0 && errno == EINTR)
