@@ -33,7 +33,8 @@ bool twin_topic_root_is_valid(const char *root);
  * with '$' other than the top-level "$version". On success stores the document in *ret and
  * returns 0. On failure returns -EINVAL (or -E2BIG for size, -ENOMEM) and writes a one-line
  * reason that names the problem into err; when the $version could still be read it is stored in
- * *ret_version, otherwise *ret_version is set to -1.
+ * *ret_version, otherwise *ret_version is set to -1. The size is checked first: when len exceeds
+ * the limit, payload is not read at all (the agent keeps only the length of such a document).
  */
 int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *ret_version,
                        char *err, size_t errlen);

@@ -96,9 +96,9 @@ static void on_message(MqttClient *c, const char *topic, const void *payload, si
                 return;
         if (len == 0) {
                 /* An empty retained payload is how MQTT deletes a retained message: the service
-                 * side removed the desired document. Nothing to apply; keep what runs. */
-                log_info(
-                    "Desired document removed on the broker; keeping the applied configuration");
+                 * side removed the desired document. */
+                if (d->cb.desired_removed && !d->shutting_down)
+                        d->cb.desired_removed(d, d->userdata);
                 return;
         }
         if (d->cb.desired && !d->shutting_down)

@@ -38,6 +38,8 @@ typedef struct TwinDialectCallbacks {
                              void *userdata);
         /* A desired document arrived (raw payload, not validated). */
         void (*desired)(TwinDialect *d, const void *payload, size_t len, void *userdata);
+        /* The service side removed the desired document (an empty retained message). */
+        void (*desired_removed)(TwinDialect *d, void *userdata);
 } TwinDialectCallbacks;
 
 int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwinDialectOptions *opts,

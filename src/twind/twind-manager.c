@@ -20,7 +20,8 @@
 
 #define ERROR_MAX 1536
 
-/* A desired document not acted on yet; only the newest is kept. */
+/* A desired document not acted on yet; only the newest is kept. An oversized one keeps only its
+ * length (payload NULL, len over the limit). */
 typedef struct HeldDesired {
         char *payload;
         size_t len;
@@ -415,11 +416,11 @@ static void finish_apply(Manager *m, int error, const char *message)
         if (m->shutting_down)
                 return;
 
-        /* What arrived while this apply ran: only the newest document counts. */
-        if (m->held.payload) {
-                m->reapply_queued = false;
+        /* What arrived while this apply ran: only the newest document counts. A reapply asked for
+         * meanwhile still runs when that document started nothing. */
+        if (m->held.payload || m->held.len)
                 manager_process_held(m);
-        } else if (m->reapply_queued && m->desired) {
+        if (!m->applying && m->reapply_queued && m->desired) {
                 m->reapply_queued = false;
                 start_apply(m, m->desired);
         }
@@ -435,7 +436,12 @@ static void refuse_desired(Manager *m, int64_t version, const char *reason)
         LogFields f = apply_fields(m, NULL, version);
         int r;
 
-        if (st && version == m->state->desired_version &&
+        /* The same refusal is already reported when the stored status answers the same $version
+         * (or, for a document without a readable one, also has none) with the same error. */
+        if (st &&
+            (version >= 0 ? json_integer_value(json_object_get(st, "desiredVersion")) == version &&
+                                json_is_integer(json_object_get(st, "desiredVersion"))
+                          : !json_object_get(st, "desiredVersion")) &&
             json_is_string(json_object_get(st, "state")) &&
             strcmp(json_string_value(json_object_get(st, "state")), "failed") == 0 &&
             json_is_string(json_object_get(st, "error")) &&
@@ -580,11 +586,13 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
 static void manager_process_held(Manager *m)
 {
         HeldDesired held = m->held;
+        static const char nothing = 0;
 
-        if (m->applying || !held.payload || m->shutting_down)
+        if (m->applying || (!held.payload && held.len == 0) || m->shutting_down)
                 return;
         m->held = (HeldDesired){ 0 };
-        manager_process_desired(m, held.payload, held.len);
+        /* An oversized document has no bytes kept: the parser refuses it by length alone. */
+        manager_process_desired(m, held.payload ? held.payload : &nothing, held.len);
         free(held.payload);
 }
 
@@ -604,23 +612,29 @@ static void on_held_check_closed(uv_handle_t *h)
 static void on_desired(TwinDialect *d, const void *payload, size_t len, void *userdata)
 {
         Manager *m = userdata;
-        char *copy;
+        char *copy = NULL;
+
+        /* An oversized document is refused by its size alone: keep its length, not its bytes
+         * (twin_desired_parse() reads nothing past the limit). */
+        bool oversized = len > TWIN_DESIRED_MAX_BYTES;
 
         if (events_wanted(m)) {
-                _cleanup_json_ json_t *peek = json_loadb(payload, len, 0, NULL);
+                _cleanup_json_ json_t *peek = oversized ? NULL : json_loadb(payload, len, 0, NULL);
 
                 emit_event(m, "desired-received",
                            json_pack("{s:I}", "desiredVersion",
                                      (json_int_t)(peek ? twin_document_version(peek) : -1)));
         }
 
-        copy = malloc(len);
-        if (!copy) {
-                log_error_errno(-ENOMEM, "Failed to hold a desired document");
-                return;
+        if (!oversized) {
+                copy = malloc(len);
+                if (!copy) {
+                        log_error_errno(-ENOMEM, "Failed to hold a desired document");
+                        return;
+                }
+                memcpy(copy, payload, len);
         }
-        memcpy(copy, payload, len);
-        if (m->held.payload)
+        if (m->held.payload || m->held.len)
                 log_debug("A newer desired document arrived before the previous one was acted on; "
                           "skipping the previous one");
         free(m->held.payload);
@@ -628,6 +642,19 @@ static void on_desired(TwinDialect *d, const void *payload, size_t len, void *us
 
         if (!m->applying)
                 uv_check_start(m->held_check, on_held_check);
+}
+
+static void on_desired_removed(TwinDialect *d, void *userdata)
+{
+        Manager *m = userdata;
+
+        /* The newest word from the service side is "nothing": whatever was held is skipped,
+         * and there is nothing left to reapply. What runs stays applied. */
+        log_info("Desired document removed on the broker; keeping the applied configuration");
+        free(m->held.payload);
+        m->held = (HeldDesired){ 0 };
+        json_decref(m->desired);
+        m->desired = NULL;
 }
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
@@ -655,21 +682,23 @@ static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_arg
         return 0;
 }
 
-static int manager_make_dialect(Manager *m)
+/* A broker connection for configuration c (not started). */
+static int manager_make_dialect(Manager *m, const TwindConfig *c, const char *password,
+                                TwinDialect **ret)
 {
         static const TwinDialectCallbacks callbacks = {
                 .connected = on_connected,
                 .disconnected = on_disconnected,
                 .desired = on_desired,
+                .desired_removed = on_desired_removed,
         };
-        const TwindConfig *c = m->config;
         char err[512] = "";
         int r;
 
         TwinDialectOptions o = {
                 .url = c->broker_url,
                 .username = c->username,
-                .password = m->password,
+                .password = password,
                 .cafile = c->cafile,
                 .certfile = c->certfile,
                 .keyfile = c->keyfile,
@@ -677,7 +706,7 @@ static int manager_make_dialect(Manager *m)
                 .topic_root = c->topic_root,
                 .device_id = c->device_id,
         };
-        r = twin_dialect_new(&m->dialect, m->loop, &o, &callbacks, m, err, sizeof(err));
+        r = twin_dialect_new(ret, m->loop, &o, &callbacks, m, err, sizeof(err));
         if (r < 0)
                 return log_error_errno(r, "Cannot set up the broker connection: %s", err);
         return 0;
@@ -718,7 +747,7 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config)
         uv_check_init(loop, m->held_check);
         m->held_check->data = m;
 
-        r = manager_make_dialect(m);
+        r = manager_make_dialect(m, m->config, m->password, &m->dialect);
         if (r < 0)
                 return r;
 
@@ -763,7 +792,7 @@ int manager_reload(Manager *m, TwindConfig *config)
         _cleanup_(twind_config_freep) TwindConfig *c = config;
         _cleanup_strv_free_ char **argv = NULL;
         _cleanup_free_ char *password = NULL;
-        bool reconnect;
+        _cleanup_(twin_dialect_freep) TwinDialect *dialect = NULL;
         int r;
 
         /* The device id and the state directory name what the state file means, and the control
@@ -791,7 +820,12 @@ int manager_reload(Manager *m, TwindConfig *config)
         if (r < 0)
                 return r;
 
-        reconnect = broker_settings_changed(m->config, c) || !streq_null(password, m->password);
+        /* Everything that can fail comes first: on error the running configuration stays whole. */
+        if (broker_settings_changed(m->config, c) || !streq_null(password, m->password)) {
+                r = manager_make_dialect(m, c, password, &dialect);
+                if (r < 0)
+                        return r;
+        }
 
         strv_free(m->apply_argv);
         m->apply_argv = TAKE_PTR(argv);
@@ -802,16 +836,15 @@ int manager_reload(Manager *m, TwindConfig *config)
         twind_config_free(m->config);
         m->config = TAKE_PTR(c);
 
-        if (reconnect) {
+        if (dialect) {
                 log_info("Broker settings changed, reconnecting");
-                m->dialect = twin_dialect_free(m->dialect);
+                twin_dialect_free(m->dialect);
+                m->dialect = TAKE_PTR(dialect);
                 m->connected = false;
-                r = manager_make_dialect(m);
-                if (r < 0)
-                        return r;
                 r = twin_dialect_start(m->dialect);
                 if (r < 0)
-                        return log_error_errno(r, "Cannot start connecting");
+                        log_error_errno(r, "Cannot start connecting to %s",
+                                        twin_dialect_address(m->dialect));
         }
         log_info("Configuration reloaded");
         update_status_text(m);

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from twinlib import props, start_agent
+from twinlib import poll, props, settle, start_agent
 
 GOOD = {"$version": 1, "configId": 1, "keep": "me"}
 
@@ -147,3 +147,25 @@ def test_deleted_desired_keeps_applied(agent, service, make_apply):
     assert props(doc) == props(GOOD), doc
     assert doc["$status"]["state"] == "success", doc
     assert len(apply.calls()) == 1, apply.calls()
+
+
+def test_refusal_without_version_is_not_repeated(agent, service, make_apply):
+    """A refused document without a readable $version, redelivered on restart, is not refused and
+    reported again: the failure stands as it was."""
+    apply = make_apply()
+    start_agent(agent, service, apply, GOOD)
+    mark = service.mark()
+    service.publish_raw(b'{"configId": 8}')
+    doc = service.wait_failed(mark)
+    assert "desiredVersion" not in doc["$status"], doc
+
+    agent.stop()
+    mark = service.mark()
+    agent.start()
+    service.wait_connection("online")
+    service.wait_reported(lambda d: True, "the reported document after restart", mark)
+    assert poll(lambda: agent.status()["connected"], 10)
+    settle(1.0)
+    assert agent.status()["counters"]["failures"] == 0, agent.log_tail()
+    assert len(service.reported_since(mark)) == 1, service.reported_since(mark)
+    assert len(apply.calls()) == 1

@@ -3,18 +3,8 @@
 on them are skipped for the newest; a burst runs far fewer applies than it has documents."""
 
 import json
-import socket
 
 from twinlib import poll, props, start_agent
-
-
-def agent_status(agent):
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(agent.socket)
-        s.sendall(b'{"method": "status"}\n')
-        line = s.makefile("rb").readline()
-    return json.loads(line)["result"]
 
 
 def test_burst_runs_first_and_newest_only(agent, service, make_apply):
@@ -59,9 +49,44 @@ def test_burst_without_apply_command_coalesces(agent, service):
 
     done = service.wait_status("success", n, mark, timeout=30)
     assert props(done) == {"configId": n}, done
-    applies = agent_status(agent)["counters"]["applies"]
+    applies = agent.status()["counters"]["applies"]
     # mosquitto releases QoS 1 messages 20 at a time, and everything that has arrived is
     # coalesced: about n / 20 applies (one per document, or one per packet read, is far more).
     assert 1 <= applies <= n // 10, f"{applies} applies for a burst of {n}"
     assert agent.read_state()["desiredVersion"] == n
     agent.assert_alive()
+
+
+def test_deleting_desired_skips_the_held_document(agent, service, make_apply):
+    """The service removes the desired document while an apply runs: the document that arrived
+    before the removal is not applied when the apply ends (the newest word was "nothing")."""
+    apply = make_apply(sleep=1.5)
+    start_agent(agent, service, apply)
+    mark = service.mark()
+    service.publish({"$version": 1, "configId": 1})
+    assert poll(lambda: len(apply.calls()) == 1, 15), "the first apply did not start"
+    service.publish({"$version": 2, "configId": 2})
+    service.publish_raw(b"")
+
+    service.wait_status("success", 1, mark)
+    assert poll(lambda: "removed" in agent.log_text(), 10), agent.log_tail()
+    assert agent.status()["state"] == "success"
+    assert len(apply.calls()) == 1, apply.calls()
+    assert agent.control("twin")["result"]["desired"] is None
+    assert agent.control("reapply")["error"]["name"] == "NoDesired"
+
+
+def test_reapply_during_an_apply_is_not_lost(agent, service, make_apply):
+    """A reapply asked for while an apply runs still runs, also when a document that asks for no
+    change arrived meanwhile."""
+    apply = make_apply()
+    start_agent(agent, service, apply, {"$version": 1, "configId": 1})
+    apply.behave(sleep=1.5)
+    mark = service.mark()
+    service.publish({"$version": 2, "configId": 2})
+    assert poll(lambda: len(apply.calls()) == 2, 15), "the second apply did not start"
+    assert agent.control("reapply")["result"]
+    service.publish({"$version": 3, "configId": 2})  # asks for no change
+    service.wait_status("success", 3, mark, timeout=20)
+    assert poll(lambda: len(apply.calls()) == 3, 15), apply.calls()
+    assert apply.inputs()[2] == {"configId": 2}

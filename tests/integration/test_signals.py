@@ -67,6 +67,26 @@ def test_sighup_reloads_apply_command(agent, service, make_apply):
     assert two.inputs() == [{"configId": 2}]
 
 
+def test_sighup_with_an_unusable_broker_setting_keeps_running(agent, service, make_apply, tmp_path):
+    """A reload whose broker settings cannot be used (a CA file that does not exist) is refused
+    with a log line; the agent keeps its running configuration and connection."""
+    apply = make_apply()
+    start_agent(agent, service, apply, {"$version": 1, "configId": 1})
+
+    agent.configure("broker", "url", agent.broker.url.replace("mqtt://", "mqtts://"))
+    agent.configure("broker", "cafile", str(tmp_path / "no-such-ca.pem"))
+    agent.signal(signal.SIGHUP)
+    assert poll(lambda: "no-such-ca.pem" in agent.log_text(), 10), agent.log_tail()
+    agent.assert_alive()
+
+    st = agent.status()
+    assert st["connected"] is True and st["broker"].startswith("127.0.0.1:"), st
+    mark = service.mark()
+    service.publish({"$version": 2, "configId": 2})
+    service.wait_status("success", 2, mark)
+    assert agent.stop() == 0
+
+
 def test_check_config_accepts_good_file(agent):
     r = agent.run("--check-config", "-c", agent.conf)
     assert r.returncode == 0, r.stderr

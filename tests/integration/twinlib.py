@@ -274,6 +274,22 @@ class Agent:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def control(self, method):
+        """One request on the control socket; returns the reply object."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(10 * SCALE)
+            s.connect(self.socket)
+            s.sendall(json.dumps({"method": method}).encode() + b"\n")
+            line = s.makefile("rb").readline()
+        assert line, f"no reply to {method} on {self.socket}"
+        return json.loads(line)
+
+    def status(self):
+        """The control socket's status result."""
+        reply = self.control("status")
+        assert "result" in reply, reply
+        return reply["result"]
+
     def signal(self, sig):
         assert self.running(), "agent is not running:\n" + self.log_tail()
         if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGKILL):
