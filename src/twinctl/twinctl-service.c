@@ -14,6 +14,7 @@
 #include "twinctl-device.h"
 #include "twinctl-output.h"
 #include "twinctl.h"
+#include "utf8.h"
 
 typedef struct Service {
         const TwinctlArgs *args;
@@ -442,10 +443,19 @@ static int parse_pairs(int n, char **pairs, json_t **ret, bool *ret_has_config_i
         for (int i = 0; i < n; i++) {
                 _cleanup_free_ char *key = NULL;
                 const char *eq = strchr(pairs[i], '='), *value;
+                size_t off;
                 json_t *v, *patch;
 
                 if (!eq) {
                         log_error("'%s' is not KEY=VALUE", pairs[i]);
+                        return -EINVAL;
+                }
+                /* jansson refuses invalid UTF-8 in keys and strings; say so rather than fail
+                 * later as if memory had run out. The bytes are not echoed: they are not text. */
+                off = utf8_invalid_offset(pairs[i], strlen(pairs[i]));
+                if (off < strlen(pairs[i])) {
+                        log_error("KEY=VALUE pair %d: the %s is not valid UTF-8 (byte %zu)", i + 1,
+                                  pairs[i] + off < eq ? "property name" : "value", off + 1);
                         return -EINVAL;
                 }
                 key = strndup(pairs[i], (size_t)(eq - pairs[i]));

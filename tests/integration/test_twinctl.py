@@ -829,3 +829,12 @@ def test_status_without_broker_field(agent_socket):
     broker_line = [l for l in r.stdout.splitlines() if l.strip().startswith("Broker:")]
     assert broker_line and "(null)" not in broker_line[0], r.stdout
     assert "connected since" in broker_line[0]
+
+
+def test_set_invalid_utf8_is_a_usage_error(broker, client):
+    # "\udcff" is the byte 0xff on the command line (surrogateescape).
+    for pair, what in (("k\udcff=1", "property name"), ("k=\udcffx", "value")):
+        r = twinctl(broker, "set", "d", "a=1", pair)
+        assert r.returncode == EXIT_USAGE, (pair, r.stderr)
+        assert "UTF-8" in r.stderr and what in r.stderr and "memory" not in r.stderr, r.stderr
+    assert client.retained(topic("d", "desired")) is None
