@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,6 +20,26 @@
 #define GUARD_MSEC 10000
 
 static char tmpdir[] = "/tmp/test-apply-XXXXXX";
+
+static bool refuse_sigkill;
+static int n_sigkill_refused;
+
+/*
+ * Stands in for libc's kill() in this test binary (twind-apply.c calls it directly, libuv through
+ * the executable's dynamic symbols): while refuse_sigkill is set a SIGKILL fails with EPERM, as
+ * for a process we may not signal, and the process keeps running. That is what a command that
+ * "does not die after SIGKILL" looks like to the agent; a process in uninterruptible sleep cannot
+ * be made on demand, but it looks the same (no exit after the kill).
+ */
+int kill(pid_t pid, int sig)
+{
+        if (refuse_sigkill && sig == SIGKILL) {
+                n_sigkill_refused++;
+                errno = EPERM;
+                return -1;
+        }
+        return (int)syscall(SYS_kill, pid, sig);
+}
 
 typedef struct Result {
         int calls;
@@ -334,6 +355,71 @@ static void test_timeout(void)
         free(sleep_pid);
 }
 
+static void noop_timer(uv_timer_t *t)
+{
+}
+
+/* Without the real kill the loop would wait for the unkillable command forever. */
+static void on_guard_kill_for_real(uv_timer_t *t)
+{
+        refuse_sigkill = false;
+        on_guard(t);
+}
+
+/* A command that survives the timeout's SIGKILL: the job still ends, 5 s after the kill, with
+ * its own message, and the command is reaped once it does die. */
+static void test_does_not_die(void)
+{
+        char *pidfile = path_in_tmp("undying.pid");
+        char *const argv[] = { "/bin/sh", "-c",    "echo $$ > \"$1\"; exec sleep 30",
+                               "sh",      pidfile, NULL };
+        ApplyRequest req = request(argv, NULL);
+        Result res;
+        uv_loop_t loop;
+        pid_t pid;
+
+        memset(&res, 0, sizeof(res));
+        req.timeout_usec = 200 * 1000;
+        CHECK_INT_EQ(uv_loop_init(&loop), 0);
+        uv_timer_init(&loop, &res.guard);
+        res.guard.data = &res;
+        refuse_sigkill = true;
+        n_sigkill_refused = 0;
+        CHECK_INT_EQ(apply_job_start(&res.job, &loop, &req, on_done, &res), 0);
+        uv_timer_start(&res.guard, on_guard_kill_for_real, GUARD_MSEC, 0);
+        /* Returns after the callback: the process handle left behind no longer holds the loop. */
+        uv_run(&loop, UV_RUN_DEFAULT);
+        refuse_sigkill = false;
+
+        CHECK_INT_EQ(res.calls, 1);
+        CHECK_INT_EQ(res.error, -ETIMEDOUT);
+        CHECK_STR_EQ(res.message,
+                     "apply command timed out after 200 ms and did not die after SIGKILL");
+        CHECK(n_sigkill_refused > 0);
+        pid = read_pid(pidfile);
+        CHECK(pid > 0);
+        /* The message is true: the command was still there when the job gave up on it. */
+        if (pid > 0)
+                CHECK(!process_gone(pid));
+
+        /* Now it dies: libuv reaps it and the job's last handle closes. The loop only polls
+         * while a referenced handle is active, as the agent's always has one: the guard again,
+         * ticking, until the command is reaped (bounded). */
+        if (pid > 0)
+                kill(-pid, SIGKILL);
+        uv_timer_start(&res.guard, noop_timer, 10, 10);
+        for (int i = 0; i < 500 && pid > 0 && !(kill(pid, 0) < 0 && errno == ESRCH); i++)
+                uv_run(&loop, UV_RUN_ONCE);
+        /* Our own child: reaped by libuv, so really gone, not a zombie. */
+        if (pid > 0)
+                CHECK(kill(pid, 0) < 0 && errno == ESRCH);
+        uv_close((uv_handle_t *)&res.guard, NULL);
+        uv_run(&loop, UV_RUN_DEFAULT);
+        /* Every handle of the job was closed, the process handle too. */
+        CHECK_INT_EQ(uv_loop_close(&loop), 0);
+        free(pidfile);
+}
+
 static void test_grandchild_holds_stderr(void)
 {
         char *pidfile = path_in_tmp("holder.pid");
@@ -470,6 +556,7 @@ int main(void)
         test_stderr_tail();
         test_signal();
         test_timeout();
+        test_does_not_die();
         test_grandchild_holds_stderr();
         test_not_found();
         test_input_not_read();

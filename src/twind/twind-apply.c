@@ -8,6 +8,11 @@
  *
  * The job is over when the command has exited and its stderr reached EOF, or APPLY_STDERR_GRACE
  * after the exit, whichever comes first, so a grandchild holding stderr open cannot hang it.
+ *
+ * A command that does not exit APPLY_KILL_GRACE after the timeout's SIGKILL (uninterruptible
+ * sleep, or EPERM) ends the job anyway, so the agent does not stay "applying" forever. Its
+ * process handle stays open, so that libuv reaps it should it ever exit (the job's memory goes
+ * then), but unreferenced, so it holds neither the loop nor the agent's shutdown.
  */
 #include "twind-apply.h"
 
@@ -21,6 +26,7 @@
 #include "log.h"
 
 #define APPLY_STDERR_GRACE_MSEC 1000
+#define APPLY_KILL_GRACE_MSEC   5000
 #define APPLY_READ_CHUNK        16384
 
 extern char **environ;
@@ -29,7 +35,9 @@ struct ApplyJob {
         uv_process_t process;
         uv_pipe_t stdin_pipe;
         uv_pipe_t stderr_pipe;
-        uv_timer_t timer; /* the timeout while the command runs, then the stderr grace period */
+        /* The timeout while the command runs, then the kill grace period after a timeout, then
+         * the stderr grace period after the exit. */
+        uv_timer_t timer;
         uv_write_t write_req;
 
         /* Handles initialised and not yet closed (the *_live flags), and handles whose close
@@ -211,7 +219,15 @@ static void job_finish(ApplyJob *job)
 
         tail_sanitize(job->tail, job->tail_len, job->tail_truncated, tail);
 
-        if (job->term_signal == 0 && job->exit_status == 0) {
+        if (job->running) {
+                /* Only the kill grace period ends a job whose command still runs. */
+                char d[32];
+
+                format_duration(d, sizeof(d), job->timeout_usec);
+                error = -ETIMEDOUT;
+                snprintf(message, sizeof(message),
+                         "apply command timed out after %s and did not die after SIGKILL", d);
+        } else if (job->term_signal == 0 && job->exit_status == 0) {
                 /* Success even if the timeout fired just as it exited: the change was made. */
         } else if (job->timed_out) {
                 char d[32];
@@ -238,12 +254,18 @@ static void job_on_timer(uv_timer_t *t)
 {
         ApplyJob *job = t->data;
 
-        if (job->running) {
+        if (job->running && !job->timed_out) {
                 job->timed_out = true;
                 job_kill(job);
-                return; /* the exit callback follows */
+                /* The exit callback follows at once, unless the command cannot die. */
+                if (uv_timer_start(&job->timer, job_on_timer, APPLY_KILL_GRACE_MSEC, 0) < 0)
+                        log_debug("Cannot bound the wait for the killed apply command, ignoring");
+                return;
         }
-        /* Grace period over: whoever holds stderr open, we stop listening. */
+        if (job->running)
+                /* Still there after SIGKILL: give up on it, see the top. */
+                uv_unref((uv_handle_t *)&job->process);
+        /* Kill or stderr grace period over: whoever holds stderr open, we stop listening. */
         job_finish(job);
 }
 

@@ -19,8 +19,9 @@ typedef struct ApplyJob ApplyJob;
 /* Called once when the job is over. error is 0 on exit 0, otherwise a negative errno
  * (-ETIMEDOUT when killed for the timeout, -ECHILD for a non-zero exit or a signal); message
  * describes the failure on one line ("apply command exited with status 3: <stderr tail>",
- * "apply command was killed by signal 9 (Killed)", "apply command timed out after 60 s") or is
- * NULL on success. The job may be freed from inside the callback. */
+ * "apply command was killed by signal 9 (Killed)", "apply command timed out after 60 s", "apply
+ * command timed out after 60 s and did not die after SIGKILL" 5 s after the kill) or is NULL on
+ * success. The job may be freed from inside the callback. */
 typedef void (*apply_done_fn)(ApplyJob *job, int error, const char *message, void *userdata);
 
 typedef struct ApplyRequest {
