@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <pwd.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ typedef struct Events {
         bool callback_in_api; /* a callback ran inside one of those calls */
         const char *subscribe_on_connect;
         int free_on_disconnect; /* free the client from the n-th disconnected callback */
+        bool eagain_in_message; /* the message callback leaves errno at EAGAIN */
         MqttClient **client;
 } Events;
 
@@ -252,6 +254,9 @@ static void ev_message(MqttClient *c, const char *topic, const void *payload, si
         snprintf(e->last_topic, sizeof(e->last_topic), "%s", topic);
         snprintf(e->last_payload, sizeof(e->last_payload), "%.*s", (int)len, (const char *)payload);
         e->last_retained = retained;
+        /* As a callback does whose last call was a non-blocking write that would block. */
+        if (e->eagain_in_message)
+                errno = EAGAIN;
 }
 
 static void ev_published(MqttClient *c, int mid, void *userdata)
@@ -655,6 +660,133 @@ static void test_tls_no_broker(void)
         client_free(loop, c);
 }
 
+/* A fake broker in a child process, for what a real mosquitto never does: it accepts one
+ * connection on a loopback port and then plays its part (below), holds the connection open until
+ * the client closes it (or 30 s pass) and exits. */
+typedef enum FakeBroker {
+        FAKE_BROKER_BURST,   /* TLS: CONNACK and BURST_COUNT publishes in one TLS record */
+        FAKE_BROKER_GARBAGE, /* plain TCP that answers a TLS ClientHello with non-TLS bytes */
+} FakeBroker;
+
+#define BURST_COUNT 200
+
+static void fake_broker_burst(int fd)
+{
+        unsigned char buf[BURST_COUNT * 16], in[512];
+        size_t n = 0;
+        SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+        char path[PATH_MAX];
+        SSL *ssl;
+
+        snprintf(path, sizeof(path), "%s/srv.pem", tmpdir);
+        if (!ctx || SSL_CTX_use_certificate_chain_file(ctx, path) != 1)
+                _exit(2);
+        snprintf(path, sizeof(path), "%s/srv.key", tmpdir);
+        if (SSL_CTX_use_PrivateKey_file(ctx, path, SSL_FILETYPE_PEM) != 1)
+                _exit(2);
+        ssl = SSL_new(ctx);
+        if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_accept(ssl) != 1)
+                _exit(3);
+        /* The CONNECT (its content does not matter here). */
+        if (SSL_read(ssl, in, sizeof(in)) <= 0)
+                _exit(4);
+        buf[n++] = 0x20; /* CONNACK, accepted */
+        buf[n++] = 2;
+        buf[n++] = 0;
+        buf[n++] = 0;
+        for (int i = 0; i < BURST_COUNT; i++) {
+                n += (size_t)sprintf((char *)buf + n, "%c%c%c%cburst/t%03d", 0x30, 2 + 7 + 3, 0, 7,
+                                     i);
+        }
+        /* One write, one record: after the first packet the rest sits decrypted in the client's
+         * OpenSSL buffer, invisible to epoll. */
+        if (SSL_write(ssl, buf, (int)n) != (int)n)
+                _exit(5);
+        while (SSL_read(ssl, in, sizeof(in)) > 0)
+                ;
+        _exit(0);
+}
+
+static pid_t fake_broker_start(FakeBroker kind, int *ret_port)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET,
+                                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+        struct timeval tv = { .tv_sec = 30 };
+        socklen_t len = sizeof(sa);
+        int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), fd;
+        pid_t pid;
+
+        if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            getsockname(lfd, (struct sockaddr *)&sa, &len) < 0 || listen(lfd, 1) < 0 ||
+            setsockopt(lfd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
+                perror("fake broker");
+                exit(1);
+        }
+        *ret_port = ntohs(sa.sin_port);
+        pid = fork();
+        if (pid < 0) {
+                perror("fork");
+                exit(1);
+        }
+        if (pid > 0) {
+                close(lfd);
+                return pid;
+        }
+        fd = accept(lfd, NULL, NULL);
+        if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0)
+                _exit(1);
+        switch (kind) {
+        case FAKE_BROKER_BURST:
+                fake_broker_burst(fd);
+                break;
+        case FAKE_BROKER_GARBAGE: {
+                static const char reply[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
+                char in[512];
+
+                if (write(fd, reply, sizeof(reply) - 1) < 0)
+                        _exit(5);
+                while (read(fd, in, sizeof(in)) > 0)
+                        ;
+                break;
+        }
+        }
+        _exit(0);
+}
+
+static void fake_broker_stop(pid_t pid)
+{
+        kill(pid, SIGTERM);
+        waitpid(pid, NULL, 0);
+}
+
+/* More packets arrive in one TLS record than one readable callback reads: the rest must still
+ * come through soon, not at the next keepalive (60 s, beyond the test's wait). libmosquitto
+ * reads on by itself while OpenSSL holds decrypted bytes, unless errno says EAGAIN after a
+ * packet, which a message callback can leave behind: then each read returns after one packet,
+ * and the client's own read cap is reached with the rest of the record still in OpenSSL. */
+static void test_tls_burst(void)
+{
+        uv_loop_t *loop = uv_default_loop();
+        char url[64], ca[PATH_MAX];
+        Events e = { .eagain_in_message = true };
+        MqttClientOptions o = { .url = url, .cafile = ca, .keepalive = 60 };
+        MqttClient *c;
+        int port;
+        pid_t pid = fake_broker_start(FAKE_BROKER_BURST, &port);
+
+        snprintf(url, sizeof(url), "mqtts://127.0.0.1:%d", port);
+        snprintf(ca, sizeof(ca), "%s/ca.pem", tmpdir);
+        c = client_new(loop, &o, &e);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.connected, 1, WAIT_MS));
+        CHECK(run_until(loop, &e.messages, BURST_COUNT, WAIT_MS));
+        CHECK_INT_EQ(e.messages, BURST_COUNT);
+        CHECK_STR_EQ(e.last_payload, "199");
+        CHECK_INT_EQ(e.disconnected, 0);
+        client_free(loop, c);
+        fake_broker_stop(pid);
+}
+
 static bool make_certs(void)
 {
         char cmd[4096];
@@ -721,6 +853,7 @@ static void test_tls(void)
         tls_attempt(loop, b.tls_bad_port, "ca.pem", false); /* name does not match */
         broker_stop(&b);
         test_tls_no_broker();
+        test_tls_burst();
 }
 
 int main(void)

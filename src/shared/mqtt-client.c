@@ -59,6 +59,9 @@ struct MqttClient {
 
         uv_timer_t connect_timer;
         uv_timer_t keepalive_timer;
+        /* Continues a read that stopped at READ_ROUNDS_MAX: bytes already decrypted inside
+         * OpenSSL never make the socket readable again, so epoll would not call us back. */
+        uv_timer_t read_timer;
         uv_poll_t *poll; /* one per connection: the fd changes on every connect */
         uv_getaddrinfo_t *resolve;
         /* Loop time of the last call that may have read (loop_read) or written (loop_write,
@@ -76,6 +79,7 @@ static bool lib_initialised;
 
 static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno);
 static void poll_cb(uv_poll_t *handle, int status, int events);
+static void read_timer_cb(uv_timer_t *t);
 
 static int errno_from_mosq(int rc, int saved_errno)
 {
@@ -203,6 +207,7 @@ static void client_destroy(MqttClient *c)
         }
         uv_close((uv_handle_t *)&c->connect_timer, client_close_cb);
         uv_close((uv_handle_t *)&c->keepalive_timer, client_close_cb);
+        uv_close((uv_handle_t *)&c->read_timer, client_close_cb);
 }
 
 /* Every libuv entry point brackets its work with enter/leave, so that a user callback may call
@@ -322,6 +327,7 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
 
         client_close_poll(c);
         (void)uv_timer_stop(&c->keepalive_timer);
+        (void)uv_timer_stop(&c->read_timer);
 
         if (c->stopping) {
                 /* We asked for it; how the socket went away on the way out does not matter. */
@@ -598,6 +604,43 @@ static bool socket_has_input(MqttClient *c)
         return fd >= 0 && ioctl(fd, FIONREAD, &n) == 0 && n > 0;
 }
 
+/* Reads the packets already waiting, up to READ_ROUNDS_MAX. When it stops at that cap with input
+ * left, a zero timer continues from the next loop turn: the socket may look empty to epoll while
+ * OpenSSL holds decrypted bytes, and those would otherwise wait for the next traffic. */
+static int client_read_burst(MqttClient *c, int *ret_errno)
+{
+        int rounds = 0, rc;
+        bool more;
+        SSL *ssl;
+
+        do {
+                errno = 0;
+                rc = mosquitto_loop_read(c->mosq, 1);
+                *ret_errno = errno;
+                c->last_read_ms = uv_now(c->loop);
+                ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
+                more = rc == MOSQ_ERR_SUCCESS && c->poll &&
+                       ((ssl && SSL_has_pending(ssl)) || socket_has_input(c));
+        } while (more && ++rounds < READ_ROUNDS_MAX);
+
+        if (more)
+                (void)uv_timer_start(&c->read_timer, read_timer_cb, 0, 0);
+        return rc;
+}
+
+static void read_timer_cb(uv_timer_t *t)
+{
+        MqttClient *c = t->data;
+        int rc, saved = 0;
+
+        if (!c->poll)
+                return;
+        client_enter(c);
+        rc = client_read_burst(c, &saved);
+        client_after_call(c, rc, saved);
+        client_leave(c);
+}
+
 static void poll_cb(uv_poll_t *handle, int status, int events)
 {
         MqttClient *c = handle->data;
@@ -639,19 +682,8 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                         }
                 }
         } else {
-                if (events & UV_READABLE) {
-                        int rounds = 0;
-
-                        do {
-                                errno = 0;
-                                rc = mosquitto_loop_read(c->mosq, 1);
-                                saved = errno;
-                                c->last_read_ms = uv_now(c->loop);
-                                ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
-                        } while (rc == MOSQ_ERR_SUCCESS && c->poll &&
-                                 ((ssl && SSL_has_pending(ssl)) || socket_has_input(c)) &&
-                                 ++rounds < READ_ROUNDS_MAX);
-                }
+                if (events & UV_READABLE)
+                        rc = client_read_burst(c, &saved);
                 if ((events & UV_WRITABLE) && rc == MOSQ_ERR_SUCCESS && c->poll &&
                     mosquitto_socket(c->mosq) >= 0) {
                         errno = 0;
@@ -912,9 +944,11 @@ int mqtt_client_new(MqttClient **ret, uv_loop_t *loop, const MqttClientOptions *
 
         (void)uv_timer_init(loop, &c->connect_timer);
         (void)uv_timer_init(loop, &c->keepalive_timer);
+        (void)uv_timer_init(loop, &c->read_timer);
         c->connect_timer.data = c;
         c->keepalive_timer.data = c;
-        c->open_handles = 2;
+        c->read_timer.data = c;
+        c->open_handles = 3;
 
         *ret = c;
         return 0;
