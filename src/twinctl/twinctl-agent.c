@@ -158,6 +158,13 @@ static int agent_read_line(AgentConnection *c, uint64_t deadline_ms, char **ret)
         }
 }
 
+/* A sanitised copy of a JSON string for people (see output_sanitize()); NULL when v is not a
+ * string (or on ENOMEM). */
+static char *safe_string(const json_t *v)
+{
+        return json_is_string(v) ? output_sanitize(strdup(json_string_value(v))) : NULL;
+}
+
 /* Maps the agent's error names to exit codes. */
 static int agent_error_to_exit(const char *name)
 {
@@ -223,14 +230,17 @@ static int agent_call(AgentConnection *c, const char *method, uint64_t deadline_
                 error = json_object_get(reply, "error");
                 if (error) {
                         const char *name = json_string_value(json_object_get(error, "name"));
-                        const char *msg = json_string_value(json_object_get(error, "message"));
+                        _cleanup_free_ char *msg = safe_string(json_object_get(error, "message"));
+                        _cleanup_free_ char *safe_name =
+                            safe_string(json_object_get(error, "name"));
 
                         if (name && strcmp(name, CONTROL_ERROR_ACCESS_DENIED) == 0)
                                 log_error("access denied: %s %s", method,
                                           msg ? msg : "needs root or the agent's own user");
                         else
                                 log_error("the agent refused %s: %s (%s)", method,
-                                          msg ? msg : "no reason given", name ? name : "?");
+                                          msg ? msg : "no reason given",
+                                          safe_name ? safe_name : "?");
                         return agent_error_to_exit(name);
                 }
                 result = json_object_get(reply, "result");
@@ -297,7 +307,7 @@ static int print_object(const json_t *o)
 
         json_object_foreach ((json_t *)o, key, v) {
                 if (!json_is_object(v) || json_object_size(v) == 0) {
-                        r = fields_add(&f, strdup(key),
+                        r = fields_add(&f, output_sanitize(strdup(key)),
                                        json_is_null(v) ? NULL : output_value(v, true));
                         if (r < 0)
                                 return r;
@@ -308,7 +318,8 @@ static int print_object(const json_t *o)
 
                         if (asprintf(&k, "%s.%s", key, sub) < 0)
                                 return -ENOMEM;
-                        r = fields_add(&f, k, json_is_null(w) ? NULL : output_value(w, true));
+                        r = fields_add(&f, output_sanitize(k),
+                                       json_is_null(w) ? NULL : output_value(w, true));
                         if (r < 0)
                                 return r;
                 }
@@ -329,9 +340,9 @@ static int print_status(const json_t *o)
         _cleanup_(fields_done) Fields f = { 0 };
         const json_t *st = json_object_get(o, "status");
         const json_t *counters = json_object_get(o, "counters");
-        const char *state = json_string_value(json_object_get(o, "state"));
-        const char *since = json_string_value(json_object_get(o, "connectedSince"));
-        const char *broker = json_string_value(json_object_get(o, "broker"));
+        _cleanup_free_ char *state = safe_string(json_object_get(o, "state"));
+        _cleanup_free_ char *since = safe_string(json_object_get(o, "connectedSince"));
+        _cleanup_free_ char *broker = safe_string(json_object_get(o, "broker"));
         char *v;
         int r = 0;
 
@@ -363,15 +374,14 @@ static int print_status(const json_t *o)
         ADD("Config id", str_or_dash(json_object_get(o, "configId")));
         ADD("Applied", output_value(json_object_get(o, "applied"), false));
         if (json_is_object(st)) {
-                const json_t *error = json_object_get(st, "error");
-
-                const char *at = json_string_value(json_object_get(st, "updatedAt"));
+                _cleanup_free_ char *error = safe_string(json_object_get(st, "error"));
+                _cleanup_free_ char *at = safe_string(json_object_get(st, "updatedAt"));
 
                 ADDF("Answered", "desired $version %" JSON_INTEGER_FORMAT " at %s",
                      json_integer_value(json_object_get(st, "desiredVersion")), at ? at : "?");
-                if (json_is_string(error))
-                        ADDF("Error", "%s%s%s", output_color_on(OUTPUT_COLOR_RED),
-                             json_string_value(error), output_color_off());
+                if (error)
+                        ADDF("Error", "%s%s%s", output_color_on(OUTPUT_COLOR_RED), error,
+                             output_color_off());
         } else
                 ADD("Answered", strdup("nothing yet"));
         ADDF("Reported", "$version %" JSON_INTEGER_FORMAT,
@@ -437,19 +447,20 @@ int verb_reapply(int argc, char **argv, const TwinctlArgs *args)
 
 static void print_event(const json_t *ev)
 {
-        const char *name = json_string_value(json_object_get(ev, "event"));
-        const char *time = json_string_value(json_object_get(ev, "time"));
+        _cleanup_free_ char *name = safe_string(json_object_get(ev, "event"));
+        _cleanup_free_ char *time = safe_string(json_object_get(ev, "time"));
         const char *key;
         json_t *v;
 
         printf("%s %s", time ? time : "-", name ? name : "?");
         json_object_foreach ((json_t *)ev, key, v) {
-                _cleanup_free_ char *s = NULL;
+                _cleanup_free_ char *s = NULL, *k = NULL;
 
                 if (strcmp(key, "event") == 0 || strcmp(key, "time") == 0)
                         continue;
                 s = json_is_null(v) ? strdup("-") : output_value(v, true);
-                printf(" %s=%s", key, s ? s : "?");
+                k = output_sanitize(strdup(key));
+                printf(" %s=%s", k ? k : "?", s ? s : "?");
         }
         putchar('\n');
         fflush(stdout);
@@ -494,10 +505,9 @@ int verb_events(int argc, char **argv, const TwinctlArgs *args)
                 ev = json_loads(line, 0, NULL);
                 if (!json_is_object(ev) || !json_is_string(json_object_get(ev, "event")))
                         continue; /* replies and anything this version does not know */
-                if (args->json) {
-                        puts(line);
-                        fflush(stdout);
-                } else
+                if (args->json)
+                        (void)output_json_line(ev); /* re-encoded, not the agent's raw bytes */
+                else
                         print_event(ev);
         }
 }

@@ -9,6 +9,7 @@
 
 #include "json-util.h"
 #include "macro.h"
+#include "utf8.h"
 
 static bool use_color;
 
@@ -81,17 +82,45 @@ int output_json_line(const json_t *j)
         return output_json_flags(j, JSON_COMPACT);
 }
 
+char *output_sanitize(char *s)
+{
+        uint8_t *in = (uint8_t *)s, *out = (uint8_t *)s;
+
+        if (!s)
+                return NULL;
+        while (*in) {
+                size_t n = 0, l;
+
+                while (n < 4 && in[n])
+                        n++;
+                l = utf8_sequence_length(in, n);
+                /* C1 controls (U+0080..U+009F) are C2 80..C2 9F: some terminals obey them too. */
+                if (l == 0 || (l == 1 && (*in < 0x20 || *in == 0x7F)) ||
+                    (l == 2 && in[0] == 0xC2 && in[1] <= 0x9F)) {
+                        *out++ = '?';
+                        in += l ? l : 1;
+                        continue;
+                }
+                memmove(out, in, l);
+                out += l;
+                in += l;
+        }
+        *out = 0;
+        return s;
+}
+
 char *output_value(const json_t *v, bool bare)
 {
         if (!v)
                 return strdup("-");
         if (bare && json_is_string(v))
-                return strdup(json_string_value(v));
+                return output_sanitize(strdup(json_string_value(v)));
         if (json_is_true(v))
                 return strdup("yes");
         if (json_is_false(v))
                 return strdup("no");
-        return json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+        /* jansson escapes C0 controls, not C1 ones. */
+        return output_sanitize(json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY));
 }
 
 struct Table {
@@ -128,7 +157,7 @@ int table_add_row(Table *t, const char *const *cells, const enum OutputColor *co
                 return -ENOMEM;
         t->colors = k;
         for (size_t i = 0; i < t->n_columns; i++) {
-                c[base + i] = strdup(cells[i] ? cells[i] : "-");
+                c[base + i] = output_sanitize(strdup(cells[i] ? cells[i] : "-"));
                 k[base + i] = colors ? colors[i] : OUTPUT_COLOR_NONE;
                 if (!c[base + i]) {
                         for (size_t j = 0; j < i; j++)

@@ -37,16 +37,22 @@ int output_json(const json_t *j);
 int output_json_line(const json_t *j);
 
 /* Renders a value for people: strings bare when bare is true (else quoted JSON), true/false as
- * yes/no, NULL as "-", everything else as compact JSON. Returns a malloc'd string or NULL. */
+ * yes/no, NULL as "-", everything else as compact JSON; sanitised (see output_sanitize()).
+ * Returns a malloc'd string or NULL. */
 char *output_value(const json_t *v, bool bare);
+
+/* Makes s, in place, fit to print on a terminal: each control character (C0, DEL, C1, so also
+ * ESC) and each byte of invalid UTF-8 becomes '?'. For every string that came from the broker or
+ * the agent. Accepts NULL; returns s. */
+char *output_sanitize(char *s);
 
 typedef struct Table Table;
 
 /* A table with n_columns columns headed by the given (upper-case) names. */
 Table *table_new(size_t n_columns, const char *const *headers);
 
-/* Appends a row: exactly n_columns strings (copied; NULL shows as "-") and a colour per cell
- * (colors may be NULL). Returns 0 or -ENOMEM. */
+/* Appends a row: exactly n_columns strings (copied and sanitised; NULL shows as "-") and a colour
+ * per cell (colors may be NULL). Returns 0 or -ENOMEM. */
 int table_add_row(Table *t, const char *const *cells, const enum OutputColor *colors);
 
 /* Prints the table with columns aligned to their widest cell. */

@@ -46,6 +46,11 @@ static json_t *service_entry(const Service *s, const char *id)
         return json_object_get(s->map, id);
 }
 
+static char *strdup_or_null(const char *s)
+{
+        return s ? strdup(s) : NULL;
+}
+
 static bool same(const json_t *a, const json_t *b)
 {
         if (!a || !b)
@@ -90,7 +95,7 @@ static char *describe_status(const json_t *status)
                 free(buf);
                 return NULL;
         }
-        return buf;
+        return output_sanitize(buf);
 }
 
 /* "online since 2026-11-26T09:41:58Z (twind 0.1.0)", "offline", for people. */
@@ -107,12 +112,13 @@ static char *describe_connection(const json_t *conn)
                      since ? since : "", agent ? " (" : "", agent ? agent : "",
                      agent ? ")" : "") < 0)
                 return NULL;
-        return s;
+        return output_sanitize(s);
 }
 
 static void watch_print(const Service *s, const char *kind, const json_t *value, const char *text,
                         enum OutputColor color)
 {
+        _cleanup_free_ char *safe = text ? output_sanitize(strdup(text)) : NULL;
         char now[32];
 
         twin_format_time(-1, now);
@@ -124,7 +130,7 @@ static void watch_print(const Service *s, const char *kind, const json_t *value,
                         (void)output_json_line(j);
                 return;
         }
-        printf("%s %-10s %s%s%s\n", now, kind, output_color_on(color), text ? text : "?",
+        printf("%s %-10s %s%s%s\n", now, kind, output_color_on(color), safe ? safe : "?",
                color == OUTPUT_COLOR_NONE ? "" : output_color_off());
         fflush(stdout);
 }
@@ -332,7 +338,8 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
         putchar('\n');
         if (status) {
                 _cleanup_free_ char *st = describe_status(status);
-                const char *at = json_string_value(json_object_get(status, "updatedAt"));
+                _cleanup_free_ char *at = output_sanitize(
+                    strdup_or_null(json_string_value(json_object_get(status, "updatedAt"))));
                 printf("$status:    %s%s%s\n", st ? st : "?", at ? ", at " : "", at ? at : "");
         } else
                 printf("$status:    (none)\n");
@@ -578,7 +585,8 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
         if (result)
                 json_object_set(result, "status", status);
         if (state && strcmp(state, "failed") == 0) {
-                const char *error = json_string_value(json_object_get(status, "error"));
+                _cleanup_free_ char *error = output_sanitize(
+                    strdup_or_null(json_string_value(json_object_get(status, "error"))));
                 log_error("%s reported failed for desired $version %" PRId64 ": %s", s->device_id,
                           s->wait_version, error ? error : "(no error given)");
                 return TWINCTL_EXIT_DEVICE_FAILED;
@@ -754,7 +762,8 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
         status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
         if (device_state(device_entry_get(entry, DEVICE_KIND_DESIRED),
                          device_entry_get(entry, DEVICE_KIND_REPORTED)) == DEVICE_STATE_FAILED) {
-                const char *error = json_string_value(json_object_get(status, "error"));
+                _cleanup_free_ char *error = output_sanitize(
+                    strdup_or_null(json_string_value(json_object_get(status, "error"))));
                 log_error("%s reported failed: %s", s.device_id,
                           error ? error : "(no error given)");
                 return TWINCTL_EXIT_DEVICE_FAILED;

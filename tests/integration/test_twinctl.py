@@ -838,3 +838,68 @@ def test_set_invalid_utf8_is_a_usage_error(broker, client):
         assert r.returncode == EXIT_USAGE, (pair, r.stderr)
         assert "UTF-8" in r.stderr and what in r.stderr and "memory" not in r.stderr, r.stderr
     assert client.retained(topic("d", "desired")) is None
+
+
+# ---- hostile strings from the broker and the agent never reach the terminal raw -------------
+
+EVIL = "\x1b]0;owned\x07\x1b[2J\u009b31m\r"
+
+
+def assert_no_controls(text):
+    bad = [c for c in text if c != "\n" and (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F)]
+    assert not bad, repr(text)
+
+
+def test_hostile_broker_strings_are_sanitised(broker, client):
+    client.publish(topic("evil", "connection"),
+                   {"state": "online" + EVIL, "since": EVIL, "agent": EVIL})
+    client.publish(topic("evil", "desired"),
+                   {"$version": 2, "configId": "c" + EVIL, "k" + EVIL: "v" + EVIL})
+    client.publish(topic("evil", "reported"), {
+        "$version": 3, "configId": "c" + EVIL, "k" + EVIL: 1,
+        "$status": {"state": "failed" + EVIL, "desiredVersion": 2, "configId": "c" + EVIL,
+                    "error": "boom" + EVIL, "updatedAt": EVIL}})
+    for args in (["get", "evil"], ["list"], ["watch", "evil", "--timeout", "1"]):
+        r = twinctl(broker, *args)
+        assert r.returncode == EXIT_OK, (args, r.stderr)
+        assert "owned" in r.stdout, (args, r.stdout)  # the strings are shown, made harmless
+        assert_no_controls(r.stdout)
+        assert_no_controls(r.stderr)
+    # The failure line on stderr.
+    client.publish(topic("evil", "reported"), {
+        "$version": 4, "$status": {"state": "failed", "desiredVersion": 2, "error": "boom" + EVIL}})
+    r = twinctl(broker, "watch", "evil", "--until-converged", "--timeout", "10")
+    assert r.returncode == EXIT_DEVICE_FAILED, r.stderr
+    assert "boom" in r.stderr
+    assert_no_controls(r.stdout)
+    assert_no_controls(r.stderr)
+
+
+def test_set_wait_failure_line_is_sanitised(broker, devices):
+    devices("dev-1", behaviour="fail", error="disk on fire" + EVIL)
+    r = twinctl(broker, "set", "dev-1", "a=1", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_DEVICE_FAILED, r.stderr
+    assert "disk on fire" in r.stderr
+    assert_no_controls(r.stderr)
+
+
+def test_hostile_agent_strings_are_sanitised(agent_socket):
+    status = dict(STATUS, broker="b" + EVIL, state="success" + EVIL, lastError=EVIL,
+                  connectedSince=EVIL, applied={"k" + EVIL: "v" + EVIL},
+                  status={"state": "failed", "desiredVersion": 1, "error": EVIL,
+                          "updatedAt": EVIL})
+    events = [{"event": "connected" + EVIL, "time": EVIL, "broker" + EVIL: EVIL}]
+    path = agent_socket({"status": (status, None),
+                         "reapply": (None, {"name": "X" + EVIL, "message": "no" + EVIL}),
+                         "events": ({"following": True}, None), "_events": events})
+    r = twinctl(None, "--socket", path, "status")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "Broker" in r.stdout
+    assert_no_controls(r.stdout)
+    r = twinctl(None, "--socket", path, "reapply")
+    assert r.returncode == EXIT_FAILURE and "refused" in r.stderr, r.stderr
+    assert_no_controls(r.stderr)
+    r = twinctl(None, "--socket", path, "events", "--timeout", "1")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "connected" in r.stdout
+    assert_no_controls(r.stdout)
