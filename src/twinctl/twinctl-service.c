@@ -506,6 +506,35 @@ static int parse_pairs(int n, char **pairs, json_t **ret, bool *ret_has_config_i
         return 0;
 }
 
+/* Drops every key that starts with '$' (at any depth) from a copy of the current desired
+ * document, but the top-level $version: the device refuses a whole document for one such key, so
+ * one stray key would otherwise block every later set. Says which keys went. */
+static void drop_protocol_keys(json_t *v, const char *device_id, bool top)
+{
+        const char *key;
+        json_t *child;
+        void *tmp;
+        size_t i;
+
+        if (json_is_array(v)) {
+                json_array_foreach (v, i, child)
+                        drop_protocol_keys(child, device_id, false);
+                return;
+        }
+        json_object_foreach_safe (v, tmp, key, child) {
+                if (key[0] == '$' && !(top && strcmp(key, "$version") == 0)) {
+                        _cleanup_free_ char *k = output_sanitize(strdup(key));
+
+                        log_warning("the current desired document of %s has the key '%s', which "
+                                    "belongs to the protocol: leaving it out of the new one",
+                                    device_id, k ? k : "?");
+                        json_object_del(v, key);
+                        continue;
+                }
+                drop_protocol_keys(child, device_id, false);
+        }
+}
+
 static int next_config_id(const char *id, const json_t *current, json_t **ret)
 {
         json_t *cur = json_object_get(current, "configId");
@@ -644,6 +673,7 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         doc = current ? json_deep_copy(current) : json_object();
         if (!doc)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        drop_protocol_keys(doc, s.device_id, true);
         json_array_foreach (patches, i, patch)
                 if (twin_merge_patch(doc, patch) < 0)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;

@@ -903,3 +903,15 @@ def test_hostile_agent_strings_are_sanitised(agent_socket):
     assert r.returncode == EXIT_OK, r.stderr
     assert "connected" in r.stdout
     assert_no_controls(r.stdout)
+
+
+def test_set_drops_stray_protocol_keys_of_current_desired(broker, client):
+    client.publish(topic("d", "desired"), {"$version": 3, "configId": 1, "$stray": 1, "a": 1,
+                                           "n": {"$x": 2, "y": 1}})
+    r = twinctl(broker, "set", "d", "a=2")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert client.retained(topic("d", "desired")) == {"$version": 4, "configId": 2, "a": 2,
+                                                      "n": {"y": 1}}
+    warnings = r.stderr.strip().splitlines()
+    assert len(warnings) == 2 and "$stray" in warnings[0] + warnings[1], r.stderr
+    assert "$x" in warnings[0] + warnings[1], r.stderr
