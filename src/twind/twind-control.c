@@ -15,6 +15,7 @@
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -35,6 +36,12 @@
 #define CONTROL_OUTPUT_LOW    (CONTROL_OUTPUT_MAX / 4)
 #define CONTROL_ERROR_MSG_MAX 256
 #define CONTROL_UID_UNKNOWN   ((uid_t)-1)
+/* Descriptors kept free of control clients: each client holds one, and idle clients must not
+ * take those the agent needs for its work (the loop's own, the broker connection, state saves,
+ * the apply command's pipes, the journal, a reload's config and password files; a few dozen).
+ * Under systemd the soft RLIMIT_NOFILE may be 1024, below CONTROL_CLIENTS_MAX: clients beyond
+ * the limit minus this reserve get Busy instead of the agent getting EMFILE. */
+#define CONTROL_FD_RESERVE 128
 
 typedef struct ControlClient ControlClient;
 
@@ -45,8 +52,9 @@ struct ControlServer {
         bool listener_open; /* initialised and not yet closed */
         char *bound_path;   /* set only when we bound the socket ourselves */
         ControlClient *clients;
-        unsigned n_active;  /* clients not closing */
-        unsigned n_handles; /* handles whose close callback has not run yet */
+        unsigned n_active;    /* clients not closing */
+        unsigned n_handles;   /* handles whose close callback has not run yet */
+        unsigned clients_max; /* CONTROL_CLIENTS_MAX, or less under a low RLIMIT_NOFILE */
         bool freeing;
 };
 
@@ -515,13 +523,13 @@ static void server_connection_cb(uv_stream_t *listener, int status)
         }
         client_credentials(c);
 
-        if (s->n_active > CONTROL_CLIENTS_MAX) {
+        if (s->n_active > s->clients_max) {
                 static const char busy[] = "{\"error\":{\"message\":\"too many control clients\","
                                            "\"name\":\"" CONTROL_ERROR_BUSY "\"}}\n";
                 uv_buf_t b = uv_buf_init((char *)busy, sizeof(busy) - 1);
 
-                log_warning("Control socket: more than %d clients, refusing pid %d",
-                            CONTROL_CLIENTS_MAX, (int)c->pid);
+                log_warning("Control socket: more than %u clients, refusing pid %d", s->clients_max,
+                            (int)c->pid);
                 /* A fresh socket has room for one short line; never wait for it. */
                 (void)uv_try_write((uv_stream_t *)&c->pipe, &b, 1);
                 client_close(c);
@@ -627,6 +635,20 @@ static int server_bind(ControlServer *s, const char *path)
         return 0;
 }
 
+/* How many clients fit in the soft RLIMIT_NOFILE next to CONTROL_FD_RESERVE, at most
+ * CONTROL_CLIENTS_MAX. Read once: the limit is raised, if at all, before the server starts. */
+static unsigned clients_max_for_rlimit(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY ||
+            rl.rlim_cur >= (rlim_t)CONTROL_CLIENTS_MAX + CONTROL_FD_RESERVE)
+                return CONTROL_CLIENTS_MAX;
+        if (rl.rlim_cur <= CONTROL_FD_RESERVE)
+                return 1; /* the agent is short of descriptors anyway; still answer someone */
+        return (unsigned)(rl.rlim_cur - CONTROL_FD_RESERVE);
+}
+
 int control_server_new(ControlServer **ret, uv_loop_t *loop, Manager *manager, const char *path,
                        int listen_fd)
 {
@@ -641,6 +663,11 @@ int control_server_new(ControlServer **ret, uv_loop_t *loop, Manager *manager, c
                 return log_error_errno(-ENOMEM, "Failed to set up the control socket");
         s->loop = loop;
         s->manager = manager;
+        s->clients_max = clients_max_for_rlimit();
+        if (s->clients_max < CONTROL_CLIENTS_MAX)
+                log_debug("Control socket: at most %u clients (the soft RLIMIT_NOFILE less %d "
+                          "descriptors reserved)",
+                          s->clients_max, CONTROL_FD_RESERVE);
 
         r = uv_pipe_init(loop, &s->listener, 0);
         if (r < 0) {
