@@ -787,6 +787,34 @@ static void test_tls_burst(void)
         fake_broker_stop(pid);
 }
 
+/* The server answers the TLS handshake with something that is not TLS and keeps the connection
+ * open: the failure is reported at once with OpenSSL's reason, not at the keepalive. */
+static void test_tls_garbage(void)
+{
+        uv_loop_t *loop = uv_default_loop();
+        char url[64], ca[PATH_MAX];
+        Events e = { 0 };
+        MqttClientOptions o = { .url = url, .cafile = ca, .keepalive = 60 };
+        MqttClient *c;
+        int port;
+        pid_t pid = fake_broker_start(FAKE_BROKER_GARBAGE, &port);
+
+        snprintf(url, sizeof(url), "mqtts://127.0.0.1:%d", port);
+        snprintf(ca, sizeof(ca), "%s/ca.pem", tmpdir);
+        c = client_new(loop, &o, &e);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.disconnected, 1, WAIT_MS));
+        CHECK_INT_EQ(e.connected, 0);
+        CHECK_INT_EQ(e.last_error, -EPROTO);
+        CHECK(strstr(e.last_reason, "TLS handshake with 127.0.0.1:") != NULL);
+        /* OpenSSL's words for a reply that is not a TLS record. */
+        CHECK(strstr(e.last_reason, "wrong version number") != NULL ||
+              strstr(e.last_reason, "packet length too long") != NULL ||
+              strstr(e.last_reason, "record layer failure") != NULL);
+        client_free(loop, c);
+        fake_broker_stop(pid);
+}
+
 static bool make_certs(void)
 {
         char cmd[4096];
@@ -854,6 +882,7 @@ static void test_tls(void)
         broker_stop(&b);
         test_tls_no_broker();
         test_tls_burst();
+        test_tls_garbage();
 }
 
 int main(void)

@@ -669,6 +669,14 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
                 rc = mosquitto_loop_read(c->mosq, 1);
                 saved = errno;
                 c->last_read_ms = uv_now(c->loop);
+                if (rc != MOSQ_ERR_SUCCESS && c->poll) {
+                        /* MOSQ_ERR_TLS and the like end the attempt now, with OpenSSL's reason
+                         * from on_log. 2.0.11 closes the socket itself, but whether it does
+                         * varies across versions, and a peer that keeps a socket open would
+                         * leave the failure unreported until the keepalive. */
+                        client_connection_lost(c, rc, saved);
+                        goto out;
+                }
                 ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
                 if (c->poll && fd >= 0 && mosquitto_socket(c->mosq) == fd && ssl &&
                     !SSL_is_init_finished(ssl)) {
