@@ -541,6 +541,35 @@ static void test_resolve(const Broker *b)
         client_free(loop, c);
 }
 
+/* Two clients with the same client id (a cloned device image): the broker drops the older one
+ * whenever the other connects, so each sees a CONNACK and then a loss, over and over. Their
+ * retry delays must grow as for failed attempts, not start over at 1-2 s after every CONNACK. */
+static void test_same_client_id(const Broker *b)
+{
+        uv_loop_t *loop = uv_default_loop();
+        char url[64];
+        Events ae = { 0 }, be = { 0 };
+        MqttClientOptions o = { .url = url, .client_id = "cloned-device", .reconnect = true };
+        MqttClient *a, *bc;
+
+        snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", b->port);
+        a = client_new(loop, &o, &ae);
+        CHECK_INT_EQ(mqtt_client_start(a), 0);
+        CHECK(run_until(loop, &ae.connected, 1, WAIT_MS));
+        bc = client_new(loop, &o, &be);
+        CHECK_INT_EQ(mqtt_client_start(bc), 0);
+        CHECK(run_until(loop, &ae.disconnected, 3, 3 * WAIT_MS));
+        /* Each loss followed a CONNACK: the fight is real, not a broker that is down. */
+        CHECK(ae.connected >= 3);
+        CHECK_INT_EQ(ae.last_error, -ECONNRESET);
+        CHECK(ae.retries[0] >= 1000 && ae.retries[0] <= 2000);
+        CHECK(ae.retries[1] >= 2000 && ae.retries[1] <= 4000);
+        CHECK(ae.retries[2] >= 4000 && ae.retries[2] <= 8000);
+        CHECK(ae.retries[0] < ae.retries[1] && ae.retries[1] < ae.retries[2]);
+        mqtt_client_free(a);
+        client_free(loop, bc);
+}
+
 /* The broker goes away and comes back on the same port. */
 static void test_reconnect(void)
 {
@@ -548,7 +577,7 @@ static void test_reconnect(void)
         Broker b = { .port = free_port() };
         char url[64], addr[64];
         Events e = { 0 };
-        MqttClientOptions o = { .url = url, .reconnect = true };
+        MqttClientOptions o = { .url = url, .reconnect = true, .keepalive = 5 };
         MqttClient *c;
 
         broker_start(&b);
@@ -561,11 +590,15 @@ static void test_reconnect(void)
         for (int round = 0; round < 2; round++) {
                 int seen = e.disconnected;
 
+                /* The backoff starts over after a connection that stayed up for a keepalive
+                 * (5 s here); round 0's came right after the first and only attempt. */
+                if (round > 0)
+                        run_for(loop, 5500);
                 broker_stop(&b);
                 CHECK(run_until(loop, &e.disconnected, seen + 1, WAIT_MS));
                 CHECK(e.last_error < 0);
                 CHECK(strstr(e.last_reason, addr) != NULL);
-                /* First retry after a loss (attempts reset by the CONNACK before): 1..2 s. */
+                /* First retry after the loss of a stable connection: 1..2 s. */
                 CHECK(e.retries[seen] >= 1000 && e.retries[seen] <= 2000);
                 CHECK(!mqtt_client_is_connected(c));
 
@@ -905,6 +938,7 @@ int main(void)
         test_keepalive(&b);
         test_will(&b);
         test_resolve(&b);
+        test_same_client_id(&b);
         broker_stop(&b);
 
         test_reconnect();

@@ -24,6 +24,12 @@
 #define KEEPALIVE_SLACK_MS 1000
 #define BACKOFF_FIRST_MS   1000u
 #define BACKOFF_MAX_MS     60000u
+/* The backoff starts over only after a connection stayed up this long (or one keepalive, when
+ * shorter), not at every CONNACK: two devices with the same client id (a cloned image) knock each
+ * other off right after each CONNACK, and would otherwise retry every 1-2 s forever. 30 s is long
+ * past such a fight's first rounds and short enough that a device on a flaky link soon gets fast
+ * retries back; a connection that lived through a keepalive has proven it carries pings. */
+#define BACKOFF_RESET_MS 30000u
 /* mosquitto_loop_read() reads one packet. A readable callback reads on while more bytes wait
  * (in the socket, or decrypted inside OpenSSL where epoll cannot see them), up to this many
  * packets, so that a burst is read before the user acts on it (twind coalesces desired
@@ -55,7 +61,8 @@ struct MqttClient {
         bool freed;            /* mqtt_client_free() was called while dispatching */
         unsigned depth;        /* nesting of our libuv entry points, see client_leave() */
         unsigned open_handles; /* initialised uv handles not yet closed */
-        unsigned attempts;     /* failed attempts since the last CONNACK 0 */
+        unsigned attempts;     /* attempts since the last connection that stayed up */
+        uint64_t connected_ms; /* loop time of the last CONNACK 0 */
 
         uv_timer_t connect_timer;
         uv_timer_t keepalive_timer;
@@ -328,6 +335,15 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
         client_close_poll(c);
         (void)uv_timer_stop(&c->keepalive_timer);
         (void)uv_timer_stop(&c->read_timer);
+
+        if (was_connected) {
+                uint64_t stable_ms = (uint64_t)c->keepalive * 1000;
+
+                if (stable_ms > BACKOFF_RESET_MS)
+                        stable_ms = BACKOFF_RESET_MS;
+                if (uv_now(c->loop) - c->connected_ms >= stable_ms)
+                        c->attempts = 0;
+        }
 
         if (c->stopping) {
                 /* We asked for it; how the socket went away on the way out does not matter. */
@@ -723,7 +739,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
                 return;
         }
         c->state = CLIENT_STATE_CONNECTED;
-        c->attempts = 0;
+        c->connected_ms = uv_now(c->loop);
         c->sock_error = 0;
         c->tls_error[0] = '\0';
         if (!c->freed && !c->stopping && c->cb.connected)

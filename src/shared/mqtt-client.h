@@ -32,7 +32,9 @@ typedef struct MqttClientOptions {
         const char *will_payload;
         bool will_retain;
         /* Reconnect after a loss or a failed attempt (refused CONNACK included), after a delay
-         * drawn from [1,2] s, [2,4] s, ... capped at [32,60] s; back to [1,2] s after a CONNACK. */
+         * drawn from [1,2] s, [2,4] s, ... capped at [32,60] s; back to [1,2] s once a connection
+         * stayed up for 30 s (or the keepalive, when shorter), so that two clients with the same
+         * client id, which the broker keeps disconnecting, back off too. */
         bool reconnect;
 } MqttClientOptions;
 
