@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "rlimit-util.h"
 #include "twind-conf.h"
 #include "twind-control.h"
 #include "twind-manager.h"
@@ -290,6 +291,12 @@ int main(int argc, char *argv[])
 
         /* Writes to a closed socket (TLS goes through OpenSSL) must fail with EPIPE, not kill. */
         signal(SIGPIPE, SIG_IGN);
+
+        /* Control clients, the apply command's pipes, the broker and the state file share one
+         * descriptor table; systemd's default soft limit (1024) is far below its hard one. */
+        r = rlimit_nofile_raise();
+        if (r < 0)
+                log_warning_errno(r, "Failed to raise the open file limit, ignoring");
 
         r = uv_loop_init(&t.loop);
         if (r < 0) {
