@@ -337,6 +337,11 @@ int broker_session_publish(BrokerSession *s, const char *topic, const void *payl
         return r;
 }
 
+bool broker_session_published(const BrokerSession *s)
+{
+        return s->awaited_mid_done;
+}
+
 const char *broker_session_url(const BrokerSession *s)
 {
         return s->url;

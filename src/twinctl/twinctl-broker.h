@@ -45,6 +45,10 @@ int broker_session_sync(BrokerSession *s, uint64_t deadline_ms);
 int broker_session_publish(BrokerSession *s, const char *topic, const void *payload, size_t len,
                            bool retain, uint64_t deadline_ms);
 
+/* Whether the PUBACK of the last broker_session_publish() has arrived; already true inside the
+ * message callback for messages read after it, before that call returns. */
+bool broker_session_published(const BrokerSession *s);
+
 /* Runs the loop until done(userdata) is true (0), the deadline passes (-ETIMEDOUT; deadline 0 is
  * no deadline), the connection is lost (-ECONNRESET, logged) or an interrupt arrives (-EINTR).
  * Timeouts and interrupts are not logged: the caller knows what it was waiting for. */

@@ -25,11 +25,18 @@ typedef struct Service {
         bool watching;
         json_t *seen_desired, *seen_props, *seen_status, *seen_connection;
 
-        /* set --wait: the desired $version we published, and whether someone replaced it */
+        /* set --wait. MQTT has no compare-and-set: another writer is noticed only by its
+         * document arriving. published: the document we publish (NULL before); seen_own: its echo
+         * came back; superseded: a different desired document arrived after our read, raced when
+         * before our echo (so ours overwrote it), deleted when it was an empty payload; answer:
+         * the device's $status for ours, taken only after our PUBACK so that one already on the
+         * broker (or a late one for an older document) does not count. */
+        json_t *published;
         int64_t wait_version;
         bool seen_own;
-        bool superseded;
+        bool superseded, raced, deleted;
         int64_t superseded_by;
+        json_t *answer;
 } Service;
 
 static void service_done(Service *s)
@@ -39,6 +46,8 @@ static void service_done(Service *s)
         json_decref(s->seen_props);
         json_decref(s->seen_status);
         json_decref(s->seen_connection);
+        json_decref(s->published);
+        json_decref(s->answer);
 }
 
 static json_t *service_entry(const Service *s, const char *id)
@@ -196,6 +205,43 @@ static void watch_changes(Service *s, enum DeviceKind kind, const json_t *entry)
         }
 }
 
+/* Whether status is the device's final answer to the document we published: its desired
+ * $version and, when ours has one, its configId. */
+static bool set_status_answers(const Service *s, const json_t *status)
+{
+        json_t *dv = json_object_get(status, "desiredVersion");
+        json_t *cfg = json_object_get(s->published, "configId");
+        const char *state = json_string_value(json_object_get(status, "state"));
+
+        if (!json_is_integer(dv) || json_integer_value(dv) != s->wait_version)
+                return false;
+        if (cfg && !same(json_object_get(status, "configId"), cfg))
+                return false;
+        return state && (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0);
+}
+
+/* set: follows the desired and reported documents after ours was sent (see Service). */
+static void set_track(Service *s, BrokerSession *b, enum DeviceKind kind, const json_t *entry)
+{
+        json_t *doc = device_entry_get(entry, kind);
+
+        if (kind == DEVICE_KIND_DESIRED) {
+                if (doc && json_equal(doc, s->published))
+                        s->seen_own = true;
+                else if (!s->superseded) {
+                        s->superseded = true;
+                        s->raced = !s->seen_own;
+                        s->deleted = !doc;
+                        s->superseded_by = doc ? twin_document_version(doc) : -1;
+                }
+        } else if (kind == DEVICE_KIND_REPORTED && !s->answer && broker_session_published(b)) {
+                json_t *status = device_reported_status(doc);
+
+                if (set_status_answers(s, status))
+                        s->answer = json_deep_copy(status);
+        }
+}
+
 static void on_message(BrokerSession *b, const char *topic, const void *payload, size_t len,
                        void *userdata)
 {
@@ -219,16 +265,8 @@ static void on_message(BrokerSession *b, const char *topic, const void *payload,
                 return;
         entry = service_entry(s, id);
 
-        if (kind == DEVICE_KIND_DESIRED && s->wait_version > 0) {
-                int64_t v = twin_document_version(device_entry_get(entry, kind));
-
-                if (v == s->wait_version)
-                        s->seen_own = true;
-                else if (s->seen_own && !s->superseded) {
-                        s->superseded = true;
-                        s->superseded_by = v;
-                }
-        }
+        if (s->published)
+                set_track(s, b, kind, entry);
         if (s->watching)
                 watch_changes(s, kind, entry);
 }
@@ -565,23 +603,14 @@ static int next_config_id(const char *id, const json_t *current, json_t **ret)
 static bool set_answered(void *userdata)
 {
         Service *s = userdata;
-        json_t *reported = device_entry_get(service_entry(s, s->device_id), DEVICE_KIND_REPORTED);
-        json_t *status = device_reported_status(reported), *dv;
-        const char *state;
 
-        if (s->superseded)
-                return true;
-        dv = json_object_get(status, "desiredVersion");
-        if (!json_is_integer(dv) || json_integer_value(dv) != s->wait_version)
-                return false;
-        state = json_string_value(json_object_get(status, "state"));
-        return state && (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0);
+        return s->superseded || s->answer;
 }
 
 static int set_wait(Service *s, BrokerSession *b, json_t *result)
 {
         uint64_t start = now_ms(), deadline = twinctl_deadline(s->args, TWINCTL_WAIT_TIMEOUT_MS);
-        json_t *entry, *status;
+        json_t *entry;
         const char *state;
         int r;
 
@@ -597,8 +626,28 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
         }
         if (r < 0)
                 return broker_error_to_exit(r);
+        /* Checked before the answer: when both came in one go, ours may not be what runs. */
+        if (s->superseded && s->raced) {
+                char what[64];
+
+                if (s->deleted)
+                        snprintf(what, sizeof what, "a deletion");
+                else if (s->superseded_by >= 0)
+                        snprintf(what, sizeof what, "$version %" PRId64, s->superseded_by);
+                else
+                        snprintf(what, sizeof what, "a document without $version");
+                log_error("another writer published desired %s of %s while this set was in "
+                          "flight: our $version %" PRId64 " overwrote it and the device may not "
+                          "apply ours; see twinctl get %s",
+                          what, s->device_id, s->wait_version, s->device_id);
+                return TWINCTL_EXIT_CONFLICT;
+        }
         if (s->superseded) {
-                if (s->superseded_by >= 0)
+                if (s->deleted)
+                        log_error("desired $version %" PRId64 " of %s was deleted before the "
+                                  "device answered it",
+                                  s->wait_version, s->device_id);
+                else if (s->superseded_by >= 0)
                         log_error("desired $version %" PRId64 " of %s was replaced by $version "
                                   "%" PRId64 " before the device answered it",
                                   s->wait_version, s->device_id, s->superseded_by);
@@ -609,13 +658,12 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
                 return TWINCTL_EXIT_CONFLICT;
         }
 
-        status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
-        state = json_string_value(json_object_get(status, "state"));
+        state = json_string_value(json_object_get(s->answer, "state"));
         if (result)
-                json_object_set(result, "status", status);
+                json_object_set(result, "status", s->answer);
         if (state && strcmp(state, "failed") == 0) {
                 _cleanup_free_ char *error = output_sanitize(
-                    strdup_or_null(json_string_value(json_object_get(status, "error"))));
+                    strdup_or_null(json_string_value(json_object_get(s->answer, "error"))));
                 log_error("%s reported failed for desired $version %" PRId64 ": %s", s->device_id,
                           s->wait_version, error ? error : "(no error given)");
                 return TWINCTL_EXIT_DEVICE_FAILED;
@@ -705,7 +753,9 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                 return TWINCTL_EXIT_FAILURE;
         }
 
+        /* Armed before publishing: our echo and other writers may arrive before the PUBACK. */
         s.wait_version = new_version;
+        s.published = json_incref(parsed);
         r = broker_session_publish(b, topic, payload, strlen(payload), true,
                                    twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS));
         if (r < 0)

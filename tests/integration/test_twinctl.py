@@ -768,11 +768,12 @@ def test_broker_refusing_credentials_is_access_denied(tmp_path):
 
 class Rival:
     """Another writer: once it sees the desired document that matches(doc) on device's topic,
-    it publishes its own document there (retained), once."""
+    it publishes its own document (retained) there, or on the device's `to` topic, once."""
 
-    def __init__(self, broker, device_id, matches, doc):
+    def __init__(self, broker, device_id, matches, doc, to="desired"):
         self.fired = threading.Event()
         self.matches, self.doc, self.t = matches, doc, topic(device_id, "desired")
+        self.to = topic(device_id, to)
         self.c = mqtt.Client(client_id=f"rival-{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv311)
         connected = threading.Event()
         self.c.on_connect = lambda c, u, f, rc: (c.subscribe(self.t, 1), connected.set())
@@ -787,7 +788,7 @@ class Rival:
         if self.matches(json.loads(msg.payload)):
             self.fired.set()
             payload = self.doc if isinstance(self.doc, bytes) else json.dumps(self.doc)
-            c.publish(self.t, payload, 1, True)
+            c.publish(self.to, payload, 1, True)
 
     def close(self):
         self.c.loop_stop()
@@ -915,3 +916,61 @@ def test_set_drops_stray_protocol_keys_of_current_desired(broker, client):
     warnings = r.stderr.strip().splitlines()
     assert len(warnings) == 2 and "$stray" in warnings[0] + warnings[1], r.stderr
     assert "$x" in warnings[0] + warnings[1], r.stderr
+
+
+def test_set_wait_replaced_by_same_version_is_a_conflict(broker, client):
+    # Another writer that read the same $version 4 publishes its own $version 5 (with the same
+    # next configId) right after ours; then the device answers $version 5, configId 5: the
+    # rival's document, not ours, which was overwritten.
+    client.publish(topic("d", "desired"), {"$version": 4, "configId": 4, "a": 1})
+    rival_doc = {"$version": 5, "configId": 5, "a": 3}
+    rival = Rival(broker, "d", lambda d: d.get("a") == 2, rival_doc)
+    p = subprocess.Popen([twinctl_binary(), "--broker", broker.url, "set", "d", "a=2", "--wait",
+                          "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=environment(), stdin=subprocess.DEVNULL)
+    try:
+        assert rival.fired.wait(15), "set did not publish"
+        assert twinlib.poll(lambda: client.retained(topic("d", "desired")) == rival_doc, 10)
+        client.publish(topic("d", "reported"), {
+            "$version": 1, "configId": 5, "a": 3,
+            "$status": {"state": "success", "desiredVersion": 5, "configId": 5,
+                        "updatedAt": "2026-11-26T09:41:58Z"}})
+        out, err = p.communicate(timeout=25)
+    finally:
+        rival.close()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert p.returncode == EXIT_CONFLICT, (out, err)
+    assert "replaced by $version 5" in err, err
+    assert "applied" not in out
+
+
+def test_set_wait_ignores_status_already_on_the_broker(broker, client):
+    # desired was reset to $version 4 while reported still answers $version 5: that old answer
+    # says nothing about the $version 5 set is about to publish.
+    client.publish(topic("d", "desired"), {"$version": 4, "configId": 4, "a": 1})
+    client.publish(topic("d", "reported"), {
+        "$version": 9, "configId": 5, "a": 1,
+        "$status": {"state": "success", "desiredVersion": 5, "configId": 5,
+                    "updatedAt": "2026-11-26T09:41:58Z"}})
+    r = twinctl(broker, "set", "d", "a=2", "--wait", "--timeout", "2")
+    assert r.returncode == EXIT_TIMEOUT, (r.stdout, r.stderr)
+    assert "applied" not in r.stdout
+
+
+def test_set_wait_ignores_status_for_another_config_id(broker, client):
+    # After our publish the device (re)publishes an answer for $version 5 of a document with
+    # another configId: not an answer to ours.
+    client.publish(topic("d", "desired"), {"$version": 4, "configId": 4, "a": 1})
+    stale = {"$version": 9, "configId": 99, "a": 1,
+             "$status": {"state": "success", "desiredVersion": 5, "configId": 99,
+                         "updatedAt": "2026-11-26T09:41:58Z"}}
+    rival = Rival(broker, "d", lambda d: d.get("a") == 2, stale, to="reported")
+    try:
+        r = twinctl(broker, "set", "d", "a=2", "--wait", "--timeout", "3")
+    finally:
+        rival.close()
+    assert rival.fired.is_set()
+    assert r.returncode == EXIT_TIMEOUT, (r.stdout, r.stderr)
+    assert "applied" not in r.stdout
