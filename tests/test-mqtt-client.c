@@ -2,7 +2,9 @@
 /* The MQTT client against a real mosquitto on loopback: connect, subscribe, retained QoS 1
  * publish, keepalive while idle (and how rarely an idle client wakes), the will after a client
  * falls silent, reconnect with backoff after the broker goes away and comes back, a broker that
- * is not there at all, clean disconnect, and TLS (good CA, wrong CA, wrong host name). */
+ * is not there at all, two clients with one client id backing off, clean disconnect, and TLS
+ * (good CA, wrong CA, wrong host name; against fake brokers: a burst of packets in one record,
+ * a non-TLS reply to the handshake). */
 
 #include <arpa/inet.h>
 #include <errno.h>
