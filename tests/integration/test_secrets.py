@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 import twinlib
-from test_acl import PASSWORDS, AclBroker, Client, MOSQUITTO_PASSWD
+from test_acl import PASSWORDS, Client
+from test_acl import broker  # noqa: F401  (the ACL broker fixture, shared)
 from test_control import Control, wait_socket
 from test_twinctl import environment as twinctl_environment
 from test_twinctl import twinctl_binary
@@ -26,16 +27,6 @@ import json, os, sys
 with open(os.path.splitext(os.path.abspath(sys.argv[0]))[0] + ".seen", "a") as f:
     f.write(json.dumps({"env": dict(os.environ), "argv": sys.argv, "stdin": sys.stdin.read()}))
 '''
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if not os.access(MOSQUITTO_PASSWD, os.X_OK):
-        pytest.skip("mosquitto_passwd not installed")
-    b = AclBroker(str(tmp_path / "broker"))
-    b.start()
-    yield b
-    b.stop()
 
 
 @pytest.fixture
