@@ -215,6 +215,25 @@ static int save_state(Manager *m)
         return r;
 }
 
+static void publish_reported(Manager *m);
+
+/* Records status (stolen) as the answer to desired $version (when known), saves it and publishes
+ * it. A failed save only warns: an answer that applies nothing loses nothing when it is lost. */
+static void answer_desired(Manager *m, int64_t version, json_t *status)
+{
+        int r;
+
+        if (version >= 0)
+                m->state->desired_version = version;
+        set_status(m, status);
+        r = save_state(m);
+        if (r < 0)
+                log_warning_errno(
+                    r, "Failed to save the answer to desired $version %" PRId64 ", ignoring",
+                    version);
+        publish_reported(m);
+}
+
 /* Publishes the reported document: applied properties, $version, $status. Offline is fine: the
  * document is published again from state on the next connect. */
 static void publish_reported(Manager *m)
@@ -396,15 +415,13 @@ static void finish_apply(Manager *m, int error, const char *message)
                          cid && *cid ? cid : "(none)", version,
                          message ? message : "unknown error");
                 set_last_error(m, message);
-                m->state->desired_version = version;
-                set_status(m, make_status("failed", version, config_id, NULL,
-                                          message ? message : "unknown error"));
-                r = save_state(m);
-                if (r < 0)
-                        log_warning_errno(r, "Failed to save the failed status, ignoring");
         }
-
-        publish_reported(m);
+        if (error == 0)
+                publish_reported(m);
+        else
+                answer_desired(m, version,
+                               make_status("failed", version, config_id, NULL,
+                                           message ? message : "unknown error"));
         if (events_wanted(m))
                 emit_event(m, "apply-finished",
                            json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion",
@@ -434,7 +451,6 @@ static void refuse_desired(Manager *m, int64_t version, const char *reason)
 {
         const json_t *st = m->state->status;
         LogFields f = apply_fields(m, NULL, version);
-        int r;
 
         /* The same refusal is already reported when the stored status answers the same $version
          * (or, for a document without a readable one, also has none) with the same error. */
@@ -453,13 +469,7 @@ static void refuse_desired(Manager *m, int64_t version, const char *reason)
         m->n_failures++;
         log_full(LOG_ERR, 0, &f, "Refusing desired document: %s", reason);
         set_last_error(m, reason);
-        if (version >= 0)
-                m->state->desired_version = version;
-        set_status(m, make_status("failed", version, NULL, NULL, reason));
-        r = save_state(m);
-        if (r < 0)
-                log_warning_errno(r, "Failed to save the refusal, ignoring");
-        publish_reported(m);
+        answer_desired(m, version, make_status("failed", version, NULL, NULL, reason));
         update_status_text(m);
 }
 
@@ -527,12 +537,7 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                 log_full(LOG_INFO, 0, &f,
                          "Desired $version %" PRId64 " asks for no change (configId %s applied)",
                          version, cid && *cid ? cid : "(none)");
-                m->state->desired_version = version;
-                set_status(m, make_status("success", version, config_id, NULL, NULL));
-                r = save_state(m);
-                if (r < 0)
-                        log_warning_errno(r, "Failed to save state, ignoring");
-                publish_reported(m);
+                answer_desired(m, version, make_status("success", version, config_id, NULL, NULL));
                 return;
         }
 
