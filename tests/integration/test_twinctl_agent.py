@@ -3,8 +3,11 @@
 and the person on the device use them (test_twinctl.py checks twinctl alone, with fakes)."""
 
 import json
+import queue
 import signal
 import subprocess
+import threading
+import time
 
 import pytest
 
@@ -154,21 +157,36 @@ def test_status_and_reapply_through_the_socket(broker, agent, running):
     assert running.inputs()[1] == running.inputs()[0]
 
 
-def read_events(proc, until, timeout):
-    """Event names from `twinctl events --json` until `until` is seen or timeout passes."""
-    import select
-    import time
+class LineReader:
+    """The lines of a child's stdout, read by a thread. Waiting with select() on the pipe and
+    then reading a line through Python's buffered file misses lines that arrived together: they
+    sit in the file's buffer while select() waits for the pipe. That made this test flaky."""
 
-    seen, end = [], time.monotonic() + timeout
-    while until not in seen and time.monotonic() < end:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, end - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(json.loads(line)["event"])
-    return seen
+    def __init__(self, stream):
+        self.lines = queue.Queue()
+        threading.Thread(target=self._run, args=(stream,), daemon=True).start()
+
+    def _run(self, stream):
+        for line in stream:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def until(self, predicate, timeout):
+        """Parsed lines until one for which predicate is true (included), or timeout passes."""
+        seen, end = [], time.monotonic() + timeout
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return seen
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                return seen
+            if line is None:
+                return seen
+            seen.append(json.loads(line))
+            if predicate(seen[-1]):
+                return seen
 
 
 def test_events_follow_an_apply(broker, agent, running):
@@ -179,21 +197,36 @@ def test_events_follow_an_apply(broker, agent, running):
         text=True,
         env=environment(),
     )
-    try:
-        # The follower registers asynchronously: configure until its stream shows an apply
-        # (bounded; normally the first round does).
-        for i in range(5):
-            r = twinctl(broker, "set", agent.device_id, f"mode=eco{i}", "--wait", "--timeout", "20")
-            assert r.returncode == EXIT_OK, r.stderr
-            seen = read_events(proc, "apply-finished", 3)
-            if {"desired-received", "apply-started", "apply-finished"} <= set(seen):
-                break
-        assert "desired-received" in seen and "apply-finished" in seen, (
-            f"no whole apply seen on the events stream: {seen}"
+    events = LineReader(proc.stdout)
+
+    def configure(i, timeout):
+        """set --wait mode=eco{i}; the events of that apply seen within timeout."""
+        r = twinctl(broker, "set", agent.device_id, f"mode=eco{i}", "--wait", "--timeout", "20",
+                    "--json")
+        assert r.returncode == EXIT_OK, r.stderr
+        version = json.loads(r.stdout)["version"]
+        seen = events.until(
+            lambda e: e["event"] == "apply-finished" and e.get("desiredVersion") == version,
+            timeout,
         )
-        assert seen.index("desired-received") < seen.index("apply-started") < seen.index(
-            "apply-finished"
-        ), seen
+        return [e for e in seen if e.get("desiredVersion") == version]
+
+    try:
+        # The follower registers asynchronously, so the first applies may come before it:
+        # configure until its stream shows anything (bounded; normally the first round does).
+        for i in range(5):
+            if configure(i, 3):
+                break
+        else:
+            raise AssertionError("the events stream showed nothing in five applies")
+        # From now on it follows: every event of the next apply is there, in order.
+        seen = configure(5, 10)
+        assert [e["event"] for e in seen] == [
+            "desired-received",
+            "apply-started",
+            "apply-finished",
+        ], seen
+        assert seen[-1]["result"] == "success" and seen[-1]["configId"] == i + 2, seen
     finally:
         proc.send_signal(signal.SIGINT)
         try:
