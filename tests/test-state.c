@@ -453,19 +453,7 @@ static void test_corrupt_kept_aside(void)
                 free(big);
                 k = check_kept_aside(d, "larger than 262144 bytes", __LINE__);
         }
-        /* Unreadable: tests run as root, so chmod 000 would not stop a read; a directory in
-         * the file's place does. */
-        {
-                const char *d = new_dir("not-a-file");
-                _cleanup_free_ char *k = NULL;
-                char sub[600];
-                struct stat st;
-
-                snprintf(sub, sizeof sub, "%s/state.json", d);
-                CHECK_INT_EQ(mkdir(sub, 0700), 0);
-                k = check_kept_aside(d, "not a regular file", __LINE__);
-                CHECK(k && stat(k, &st) == 0 && S_ISDIR(st.st_mode));
-        }
+        /* Wrong content in valid JSON is corrupt too (below). */
         /* Wrong content in valid JSON is corrupt too. */
         {
                 const char *d = new_dir("wrong-format");
@@ -474,6 +462,43 @@ static void test_corrupt_kept_aside(void)
 
                 write_text(d, "state.json", t, strlen(t));
                 k = check_kept_aside(d, "format: unsupported (expected 1)", __LINE__);
+        }
+}
+
+/* A file that cannot be read is an error and stays where it is: only what was read and does
+ * not decode is kept aside. Tests run as root, so chmod 000 would not stop a read; a directory
+ * in the file's place and a symbolic link loop do. */
+static void test_unreadable_left_alone(void)
+{
+        _cleanup_(twin_state_freep) TwinState *l = NULL;
+        _cleanup_free_ char *names = NULL;
+        char sub[600], err[512] = "";
+        struct stat st;
+
+        {
+                const char *d = new_dir("not-a-file");
+
+                snprintf(sub, sizeof sub, "%s/state.json", d);
+                CHECK_INT_EQ(mkdir(sub, 0700), 0);
+                CHECK_INT_EQ(twin_state_load(d, &l, NULL, err, sizeof err), -EISDIR);
+                CHECK(l == NULL);
+                CHECK(strstr(err, "state.json: not a regular file") != NULL);
+                CHECK(stat(sub, &st) == 0 && S_ISDIR(st.st_mode));
+                names = list_dir(d);
+                CHECK_STR_EQ(names, "state.json");
+        }
+        {
+                const char *d = new_dir("link-loop");
+
+                snprintf(sub, sizeof sub, "%s/state.json", d);
+                CHECK_INT_EQ(symlink("state.json", sub), 0);
+                CHECK_INT_EQ(twin_state_load(d, &l, NULL, err, sizeof err), -ELOOP);
+                CHECK(l == NULL);
+                CHECK(strstr(err, "cannot read ") != NULL && strstr(err, strerror(ELOOP)) != NULL);
+                free(names);
+                names = list_dir(d);
+                CHECK_STR_EQ(names, "state.json");
+                CHECK(lstat(sub, &st) == 0 && S_ISLNK(st.st_mode));
         }
 }
 
@@ -535,6 +560,7 @@ int main(void)
         test_load_missing();
         test_stale_temp_removed();
         test_corrupt_kept_aside();
+        test_unreadable_left_alone();
         test_save_failures();
 
         nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);

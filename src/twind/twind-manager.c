@@ -717,34 +717,26 @@ static int manager_make_dialect(Manager *m, const TwindConfig *c, const char *pa
         return 0;
 }
 
-int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config)
+int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *state)
 {
         _cleanup_(manager_freep) Manager *m = NULL;
-        _cleanup_free_ char *kept = NULL;
-        char err[512] = "";
         int r;
 
         m = calloc(1, sizeof(*m));
         if (!m) {
                 twind_config_free(config);
+                twin_state_free(state);
                 return log_error_errno(-ENOMEM, "Failed to allocate the agent");
         }
         m->loop = loop;
         m->config = config;
+        m->state = state;
+        m->reported_version = m->state->reported_version;
         m->started_usec = uv_hrtime() / 1000;
 
         r = manager_setup_config(m, config, &m->apply_argv, &m->password);
         if (r < 0)
                 return r;
-
-        r = twin_state_load(config->state_dir, &m->state, &kept, err, sizeof(err));
-        if (r == -EBADMSG)
-                log_error("State file in %s is unusable (%s); kept aside as %s, starting from "
-                          "empty state",
-                          config->state_dir, err, kept ? kept : "(could not rename it)");
-        else if (r < 0)
-                return log_error_errno(r, "Cannot load state from %s: %s", config->state_dir, err);
-        m->reported_version = m->state->reported_version;
 
         m->held_check = malloc(sizeof(*m->held_check));
         if (!m->held_check)

@@ -14,6 +14,7 @@
 
 #include "macro.h"
 #include "twind-conf.h"
+#include "twind-state.h"
 
 typedef struct Manager Manager;
 
@@ -24,9 +25,10 @@ typedef bool (*manager_event_wanted_fn)(void *userdata);
 /* Receives a new one-line STATUS= text whenever what the agent does changes. */
 typedef void (*manager_status_fn)(const char *status, void *userdata);
 
-/* Loads state (keeping a corrupt file aside), prepares the dialect. Does not connect yet.
- * Takes ownership of config. Returns a negative errno after logging it. */
-int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config);
+/* Prepares the agent and its dialect from config and the loaded state (see twin_state_load()).
+ * Does not connect yet. Takes ownership of config and state, also on failure. Returns a
+ * negative errno after logging it. */
+int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *state);
 
 /* Starts connecting to the broker. */
 int manager_start(Manager *m);

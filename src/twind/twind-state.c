@@ -334,7 +334,7 @@ static int read_state_file(int dfd, char **ret, size_t *ret_len, char *reason, s
                 return negative_errno();
         if (!S_ISREG(st.st_mode)) {
                 snprintf(reason, reasonlen, "not a regular file");
-                return S_ISDIR(st.st_mode) ? -EISDIR : -EBADMSG;
+                return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
         }
 
         buf = malloc(TWIN_STATE_MAX_BYTES + 1);
@@ -390,23 +390,20 @@ int twin_state_load(const char *dir, TwinState **ret, char **ret_kept_aside, cha
         r = read_state_file(dfd, &text, &len, reason, sizeof reason);
         if (r == -ENOENT)
                 return twin_state_new(ret);
-        /* Resource shortages say nothing about the file: do not move it aside for them. */
-        if (r == -ENOMEM || r == -EMFILE || r == -ENFILE)
+        /* A file that could not be read says nothing about what it holds (a permission, a
+         * disk error, a directory in its place): moving it aside would forget the applied
+         * configuration for good. Only a file that was read and does not decode is unusable. */
+        if (r < 0)
                 return decode_error(err, errlen, r, "cannot read %s/%s: %s", dir,
-                                    TWIN_STATE_FILE_NAME, strerror(-r));
-        if (r < 0) {
-                if (reason[0] == '\0')
-                        snprintf(reason, sizeof reason, "cannot read: %s", strerror(-r));
-        } else {
-                r = twin_state_decode(text, len, &s, reason, sizeof reason);
-                if (r == -ENOMEM)
-                        return r;
-                if (r >= 0) {
-                        if (ret_kept_aside)
-                                *ret_kept_aside = NULL;
-                        *ret = TAKE_PTR(s);
-                        return 0;
-                }
+                                    TWIN_STATE_FILE_NAME, reason[0] ? reason : strerror(-r));
+        r = twin_state_decode(text, len, &s, reason, sizeof reason);
+        if (r == -ENOMEM)
+                return r;
+        if (r >= 0) {
+                if (ret_kept_aside)
+                        *ret_kept_aside = NULL;
+                *ret = TAKE_PTR(s);
+                return 0;
         }
 
         /* Unusable: keep it for a human to look at and start from empty state. */

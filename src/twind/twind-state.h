@@ -47,9 +47,11 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
 
 /*
  * Loads dir/state.json. A missing file gives empty state and 0. A stale temporary file from an
- * interrupted save is removed. A file that cannot be read or decoded is renamed to
+ * interrupted save is removed. A file that was read but cannot be decoded is renamed to
  * state.json.corrupt-<UTC time> (never overwritten), the reason goes to err, and the return is
- * -EBADMSG with empty state in *ret so the caller can start fresh and log it.
+ * -EBADMSG with empty state in *ret so the caller can start fresh and log it. A file that cannot
+ * be read (permissions, I/O error, not a regular file) is left alone: a negative errno with the
+ * reason in err, and nothing in *ret.
  */
 int twin_state_load(const char *dir, TwinState **ret, char **ret_kept_aside, char *err,
                     size_t errlen);

@@ -17,6 +17,7 @@
 #include "twind-control.h"
 #include "twind-manager.h"
 #include "twind-notify.h"
+#include "twind-state.h"
 
 /* SIGTERM must end the agent within 2 s: the broker gets this long to take the offline state. */
 #define SHUTDOWN_DEADLINE_MS 1500
@@ -160,6 +161,33 @@ static int load_config(const Arguments *a, TwindConfig **ret)
         return 0;
 }
 
+/* The persisted state. A file that was read but does not decode is kept aside and the agent
+ * starts empty; one that cannot be read at all stops the start: starting empty would forget
+ * the applied configuration for good. */
+static int load_state(const TwindConfig *c, TwinState **ret)
+{
+        _cleanup_free_ char *kept = NULL;
+        char err[1024] = "";
+        int r;
+
+        r = twin_state_load(c->state_dir, ret, &kept, err, sizeof(err));
+        if (r == -EBADMSG) {
+                log_error("State file %s is unusable; kept aside as %s, starting from empty state",
+                          err, kept ? kept : "(could not rename it)");
+                return 0;
+        }
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Failed to load the state");
+        if (r < 0)
+                return log_error(
+                           "%s; not starting, so that the applied configuration is not "
+                           "forgotten (fix the file or its permissions, or remove it to start "
+                           "from empty state)",
+                           err),
+                       r;
+        return 0;
+}
+
 static void on_status(const char *status, void *userdata)
 {
         Twind *t = userdata;
@@ -271,7 +299,8 @@ int main(int argc, char *argv[])
 {
         Twind t = { 0 };
         TwindConfig *config = NULL;
-        int r;
+        TwinState *state = NULL;
+        int status = EXIT_FAILURE, r;
 
         log_setup("twind");
 
@@ -309,7 +338,15 @@ int main(int argc, char *argv[])
         if (r < 0)
                 log_warning_errno(r, "Failed to set up systemd notification, ignoring");
 
-        r = manager_new(&t.manager, &t.loop, config);
+        r = load_state(config, &state);
+        if (r < 0) {
+                twind_config_free(config);
+                /* Restarting does not make an unreadable file readable (RestartPreventExitStatus=
+                 * in twind.service). */
+                status = EX_IOERR;
+                goto fail;
+        }
+        r = manager_new(&t.manager, &t.loop, config, state);
         if (r < 0)
                 goto fail;
         manager_set_status_listener(t.manager, on_status, &t);
@@ -345,5 +382,5 @@ fail:
         uv_walk(&t.loop, close_handle, NULL);
         uv_run(&t.loop, UV_RUN_DEFAULT);
         uv_loop_close(&t.loop);
-        return EXIT_FAILURE;
+        return status;
 }

@@ -77,6 +77,26 @@ def test_corrupt_state_file_kept_aside(agent, service, make_apply, content):
     agent.assert_alive()
 
 
+EX_IOERR = 74
+
+
+@pytest.mark.parametrize("kind", ["directory", "symlink-loop"])
+def test_unreadable_state_file_stops_the_start(agent, service, kind):
+    """A state file that cannot be read is not corruption: the agent does not start (with an
+    exit status that twind.service does not restart), says why, and leaves the file alone, so
+    the applied configuration is not forgotten."""
+    if kind == "directory":
+        os.mkdir(agent.state_file)
+    else:
+        os.symlink("state.json", agent.state_file)
+    agent.start()
+    assert agent.wait_exit() == EX_IOERR, agent.log_tail()
+    log = agent.log_text()
+    assert "state.json" in log and "not starting" in log, log
+    assert sorted(os.listdir(agent.state_dir)) == ["state.json"], os.listdir(agent.state_dir)
+    assert not service.connection_since(), "the agent connected although it could not start"
+
+
 def test_stale_temp_file_removed(agent, service, make_apply):
     apply = make_apply()
     start_agent(agent, service, apply, DOC)
