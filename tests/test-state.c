@@ -111,6 +111,8 @@ static TwinState *sample_state(void)
         s->reported_version = 81;
         s->status = json_pack("{s:s, s:i, s:i, s:s}", "state", "success", "desiredVersion", 4,
                               "configId", 3, "updatedAt", "2026-11-26T09:41:58Z");
+        s->answered_digest =
+            strdup("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
         return s;
 }
 
@@ -118,13 +120,17 @@ static int states_equal(const TwinState *a, const TwinState *b)
 {
         return json_equal(a->applied, b->applied) && a->desired_version == b->desired_version &&
                a->reported_version == b->reported_version &&
-               (a->status ? b->status && json_equal(a->status, b->status) : !b->status);
+               (a->status ? b->status && json_equal(a->status, b->status) : !b->status) &&
+               (a->answered_digest
+                    ? b->answered_digest && strcmp(a->answered_digest, b->answered_digest) == 0
+                    : !b->answered_digest);
 }
 
 static int state_is_empty(const TwinState *s)
 {
         return s && json_is_object(s->applied) && json_object_size(s->applied) == 0 &&
-               s->desired_version == -1 && s->reported_version == 0 && !s->status;
+               s->desired_version == -1 && s->reported_version == 0 && !s->status &&
+               !s->answered_digest;
 }
 
 static void test_new_and_copy(void)
@@ -251,6 +257,11 @@ static void test_decode_refusals(void)
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
                              ", \"status\": {\"state\": \"done\"}}",
                              "status: state is not pending, success or failed");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"answered\": 1}",
+                             "answered: not a digest");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
+                             ", \"answered\": \"sha256:XYZ\"}",
+                             "answered: not a digest");
         /* Two values for one key: which one would win is not something to guess. */
         CHECK_DECODE_REFUSED("{\"format\": 1, \"format\": 1, \"applied\": {}, " GOOD_TAIL "}",
                              "not JSON: ");

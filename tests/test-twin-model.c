@@ -513,6 +513,57 @@ static void test_config_id_to_string(void)
         check_config_id_string("{\"b\": 1, \"a\": [1, 2]}", "{\"a\":[1,2],\"b\":1}");
 }
 
+static void test_digest(void)
+{
+        _cleanup_json_ json_t *a =
+            json_pack("{s:i, s:i, s:{s:s, s:n}}", "$version", 1, "configId", 2, "z", "k", "v", "n");
+        _cleanup_json_ json_t *b = json_loads(
+            "{\"z\": {\"n\": null, \"k\": \"v\"}, \"configId\": 2, \"$version\": 1}", 0, NULL);
+        _cleanup_json_ json_t *c =
+            json_pack("{s:i, s:i, s:{s:s, s:n}}", "$version", 2, "configId", 2, "z", "k", "v", "n");
+        char da[TWIN_DIGEST_STRING_SIZE], db[TWIN_DIGEST_STRING_SIZE], dc[TWIN_DIGEST_STRING_SIZE];
+        char dt[TWIN_DIGEST_STRING_SIZE];
+
+        /* The known answer of SHA-256("test"), and of the canonical text of a document: the same
+         * digest whatever the key order, another for another $version. */
+        CHECK_INT_EQ(twin_digest("test", 4, dt), 0);
+        CHECK_STR_EQ(dt, "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        CHECK_INT_EQ(twin_document_digest(a, da), 0);
+        CHECK_INT_EQ(twin_document_digest(b, db), 0);
+        CHECK_INT_EQ(twin_document_digest(c, dc), 0);
+        CHECK_STR_EQ(da, db);
+        CHECK(strcmp(da, dc) != 0);
+        {
+                const char *canonical =
+                    "{\"$version\":1,\"configId\":2,\"z\":{\"k\":\"v\",\"n\":null}}";
+                CHECK_INT_EQ(twin_digest(canonical, strlen(canonical), dt), 0);
+                CHECK_STR_EQ(da, dt);
+        }
+        CHECK(twin_digest_is_valid(da));
+        CHECK(!twin_digest_is_valid(NULL));
+        CHECK(!twin_digest_is_valid("sha256:"));
+        CHECK(!twin_digest_is_valid(
+            "sha1:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f0"));
+        CHECK(!twin_digest_is_valid(
+            "sha256:9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"));
+        CHECK(!twin_digest_is_valid(
+            "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0800"));
+}
+
+static void test_properties_equal(void)
+{
+        _cleanup_json_ json_t *a =
+            json_pack("{s:i, s:i, s:s}", "$version", 1, "configId", 2, "x", "y");
+        _cleanup_json_ json_t *b = json_pack("{s:i, s:s}", "configId", 2, "x", "y");
+        _cleanup_json_ json_t *c = json_pack("{s:i, s:s, s:i}", "configId", 2, "x", "y", "w", 1);
+
+        CHECK(twin_properties_equal(a, b));
+        CHECK(!twin_properties_equal(b, c));
+        CHECK(!twin_properties_equal(c, b));
+        CHECK(twin_properties_equal(NULL, NULL));
+        CHECK(!twin_properties_equal(NULL, b));
+}
+
 int main(void)
 {
         test_parse_valid();
@@ -531,5 +582,7 @@ int main(void)
         test_topic_root();
         test_format_time();
         test_config_id_to_string();
+        test_digest();
+        test_properties_equal();
         return test_exit("test-twin-model");
 }

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/evp.h>
 
 #include "json-util.h"
 #include "macro.h"
@@ -293,8 +294,7 @@ json_t *twin_config_id(const json_t *props)
         return json_object_get(props, "configId");
 }
 
-/* Whether a and b hold the same properties, ignoring '$' keys; NULL counts as empty. */
-static bool properties_equal(const json_t *a, const json_t *b)
+bool twin_properties_equal(const json_t *a, const json_t *b)
 {
         const char *key;
         json_t *v;
@@ -314,7 +314,7 @@ bool twin_needs_apply(const json_t *desired_props, const json_t *applied_props)
 
         if (desired_id)
                 return !json_equal(desired_id, twin_config_id(applied_props));
-        return !properties_equal(desired_props, applied_props);
+        return !twin_properties_equal(desired_props, applied_props);
 }
 
 int twin_merge_patch(json_t *target, const json_t *patch)
@@ -407,4 +407,37 @@ char *twin_config_id_to_string(const json_t *config_id)
         if (json_is_string(config_id))
                 return strndup(json_string_value(config_id), json_string_length(config_id));
         return json_dumps_compact(config_id);
+}
+
+int twin_digest(const void *data, size_t len, char ret[static TWIN_DIGEST_STRING_SIZE])
+{
+        static const char hex[] = "0123456789abcdef";
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned n = 0;
+
+        if (EVP_Digest(data, len, md, &n, EVP_sha256(), NULL) != 1 || n != 32)
+                return -EIO;
+        memcpy(ret, "sha256:", 7);
+        for (unsigned i = 0; i < n; i++) {
+                ret[7 + 2 * i] = hex[md[i] >> 4];
+                ret[7 + 2 * i + 1] = hex[md[i] & 15];
+        }
+        ret[7 + 2 * n] = '\0';
+        return 0;
+}
+
+int twin_document_digest(const json_t *doc, char ret[static TWIN_DIGEST_STRING_SIZE])
+{
+        _cleanup_free_ char *text = json_dumps_compact(doc);
+
+        if (!text)
+                return -ENOMEM;
+        return twin_digest(text, strlen(text), ret);
+}
+
+bool twin_digest_is_valid(const char *s)
+{
+        if (!s || strncmp(s, "sha256:", 7) != 0 || strlen(s) != TWIN_DIGEST_STRING_SIZE - 1)
+                return false;
+        return strspn(s + 7, "0123456789abcdef") == 64;
 }

@@ -51,6 +51,9 @@ json_t *twin_properties(const json_t *doc);
 /* Borrowed "configId" of a property object, or NULL. */
 json_t *twin_config_id(const json_t *props);
 
+/* Whether a and b hold the same properties, ignoring top-level '$' keys; NULL counts as empty. */
+bool twin_properties_equal(const json_t *a, const json_t *b);
+
 /*
  * The change rule: desired properties ask for an apply when their configId differs from the
  * applied one, or, when they carry no configId, when the properties differ from the applied ones.
@@ -65,6 +68,19 @@ int twin_merge_patch(json_t *target, const json_t *patch);
 /* Returns a new array of the top-level property keys (not '$' keys) whose values differ between a
  * and b, sorted; either side may be NULL (treated as empty). */
 json_t *twin_diff_keys(const json_t *a, const json_t *b);
+
+/* Size of a digest string: "sha256:" and 64 hex digits, NUL-terminated. */
+#define TWIN_DIGEST_STRING_SIZE (7 + 64 + 1)
+
+/* Writes "sha256:<hex>" of len bytes of data into ret. Returns 0, or -ENOMEM/-EIO. */
+int twin_digest(const void *data, size_t len, char ret[static TWIN_DIGEST_STRING_SIZE]);
+
+/* twin_digest() of doc's canonical text (compact, keys sorted): the identity of a desired
+ * request, which tells a redelivery from a new request by its content. Returns 0 or -ENOMEM. */
+int twin_document_digest(const json_t *doc, char ret[static TWIN_DIGEST_STRING_SIZE]);
+
+/* Whether s is a digest string as twin_digest() writes it. */
+bool twin_digest_is_valid(const char *s);
 
 /* Writes "now" (or t when >= 0, seconds since the epoch) as ISO 8601 UTC, "2026-11-26T09:41:58Z".
  */

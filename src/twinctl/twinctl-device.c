@@ -2,6 +2,7 @@
 #include "twinctl-device.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -31,6 +32,8 @@ const char *device_state_to_string(enum DeviceState s)
                 return "success";
         case DEVICE_STATE_FAILED:
                 return "failed";
+        case DEVICE_STATE_DRIFTED:
+                return "drifted";
         }
         return "-";
 }
@@ -128,6 +131,7 @@ enum DeviceState device_state(const json_t *desired, const json_t *reported)
         json_t *status = device_reported_status(reported), *dv;
         const char *state;
         int64_t version;
+        enum DeviceState s;
 
         if (!status)
                 return desired ? DEVICE_STATE_PENDING : DEVICE_STATE_NONE;
@@ -142,9 +146,52 @@ enum DeviceState device_state(const json_t *desired, const json_t *reported)
                  * without naming a version. */
                 return !dv && state && strcmp(state, "failed") == 0 ? DEVICE_STATE_FAILED
                                                                     : DEVICE_STATE_PENDING;
-        if (json_is_integer(dv) && json_integer_value(dv) == version)
-                return state_from_string(state);
-        return DEVICE_STATE_PENDING;
+        if (!json_is_integer(dv) || json_integer_value(dv) != version)
+                return DEVICE_STATE_PENDING;
+        s = state_from_string(state);
+        if (s == DEVICE_STATE_SUCCESS && !twin_properties_equal(desired, reported))
+                return DEVICE_STATE_DRIFTED;
+        return s;
+}
+
+int64_t device_last_version(const json_t *desired, const json_t *reported)
+{
+        json_t *dv = json_object_get(device_reported_status(reported), "desiredVersion");
+        int64_t v = desired ? twin_document_version(desired) : -1;
+
+        if (json_is_integer(dv) && json_integer_value(dv) > v)
+                v = json_integer_value(dv);
+        return v;
+}
+
+int device_last_config_id(const json_t *desired, const json_t *reported, int64_t *ret,
+                          const json_t **ret_non_integer)
+{
+        const json_t *ids[] = {
+                json_object_get(desired, "configId"),
+                json_object_get(reported, "configId"),
+                json_object_get(device_reported_status(reported), "configId"),
+        };
+        bool found = false;
+        int64_t max = 0;
+
+        if (ret_non_integer)
+                *ret_non_integer = NULL;
+        for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {
+                if (!ids[i])
+                        continue;
+                if (!json_is_integer(ids[i])) {
+                        if (ret_non_integer && !*ret_non_integer)
+                                *ret_non_integer = ids[i];
+                        continue;
+                }
+                if (!found || json_integer_value(ids[i]) > max)
+                        max = json_integer_value(ids[i]);
+                found = true;
+        }
+        if (found)
+                *ret = max;
+        return found;
 }
 
 bool device_is_online(const json_t *connection)

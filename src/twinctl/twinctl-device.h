@@ -22,12 +22,16 @@ enum DeviceState {
         DEVICE_STATE_PENDING, /* an apply runs, or the device has not answered this version */
         DEVICE_STATE_SUCCESS,
         DEVICE_STATE_FAILED,
+        /* Answered success for the current desired $version, but the reported properties
+         * differ from the desired ones: the device did not take them (an unchanged configId is
+         * answered without applying), so the twin has not converged. */
+        DEVICE_STATE_DRIFTED,
 };
 
 /* "desired", "reported", "connection". */
 const char *device_kind_to_string(enum DeviceKind k);
 
-/* "-", "pending", "success", "failed". */
+/* "-", "pending", "success", "failed", "drifted". */
 const char *device_state_to_string(enum DeviceState s);
 
 /* Returns "{root}/{id}/{kind}" (id may be "+"), malloc'd, or NULL on ENOMEM. */
@@ -49,8 +53,21 @@ json_t *device_entry_get(const json_t *entry, enum DeviceKind kind);
 /* The reported "$status" object, or NULL. Borrowed. */
 json_t *device_reported_status(const json_t *reported);
 
-/* What desired and reported say together: the $status answering the desired $version. */
+/* What desired and reported say together: the $status answering the desired $version, and
+ * whether the properties agree once it says success. */
 enum DeviceState device_state(const json_t *desired, const json_t *reported);
+
+/* The largest desired $version the twin has seen, in the desired document or answered in the
+ * reported $status; -1 when neither has one. A new request goes above it, so that it is never
+ * taken for one the device already answered. */
+int64_t device_last_version(const json_t *desired, const json_t *reported);
+
+/* The largest integer configId in the desired document, the reported properties and the
+ * reported $status: *ret is set, and 1 returned, when there is one; 0 when none is an integer
+ * (*ret untouched). A non-integer configId in any of them is returned borrowed in
+ * *ret_non_integer (may be NULL), for the caller to name. */
+int device_last_config_id(const json_t *desired, const json_t *reported, int64_t *ret,
+                          const json_t **ret_non_integer);
 
 /* Whether the connection document says online. */
 bool device_is_online(const json_t *connection);

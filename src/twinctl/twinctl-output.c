@@ -51,7 +51,8 @@ enum OutputColor output_state_color(const char *state)
                 return OUTPUT_COLOR_GREEN;
         if (strcmp(state, "failed") == 0)
                 return OUTPUT_COLOR_RED;
-        if (strcmp(state, "pending") == 0 || strcmp(state, "applying") == 0)
+        if (strcmp(state, "pending") == 0 || strcmp(state, "applying") == 0 ||
+            strcmp(state, "drifted") == 0)
                 return OUTPUT_COLOR_YELLOW;
         return OUTPUT_COLOR_NONE;
 }

@@ -23,7 +23,8 @@ void output_setup(bool no_color);
 /* The escape sequence that starts colour c, or "" when colour is off. */
 const char *output_color_on(enum OutputColor c);
 
-/* The colour of a configuration state: success green, failed red, pending or applying yellow. */
+/* The colour of a configuration state: success green, failed red, pending, applying or drifted
+ * yellow. */
 enum OutputColor output_state_color(const char *state);
 
 /* The escape sequence that resets colour, or "" when colour is off. */

@@ -335,15 +335,20 @@ static bool array_has_string(const json_t *array, const char *s)
 
 /* ---- get ---------------------------------------------------------------------------------- */
 
-/* "$version 4", or "(none)" for no document or one without a usable $version. */
+/* "$version 4"; "(none)" for no document; for a document without a usable $version, what is
+ * wrong with it (the device refuses such a desired document). */
 static void print_version_line(const char *label, const json_t *doc)
 {
         int64_t v = doc ? twin_document_version(doc) : -1;
 
         if (v >= 0)
                 printf("%s$version %" PRId64 "\n", label, v);
-        else
+        else if (!doc)
                 printf("%s(none)\n", label);
+        else if (!json_object_get(doc, "$version"))
+                printf("%s(no $version)\n", label);
+        else
+                printf("%s($version is not a non-negative integer)\n", label);
 }
 
 static void get_print_human(const char *id, const json_t *desired, const json_t *reported,
@@ -373,6 +378,11 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
                                     json_object_get(desired, "$version"))))
                 printf(" (the device has not answered desired $version %" PRId64 " yet)",
                        twin_document_version(desired));
+        if (state == DEVICE_STATE_DRIFTED)
+                printf(" (the device answered success but reports other properties than desired%s)",
+                       json_is_true(json_object_get(status, "noChange"))
+                           ? ": it applied nothing, the configId was unchanged"
+                           : "");
         putchar('\n');
         if (status) {
                 _cleanup_free_ char *st = describe_status(status);
@@ -573,30 +583,32 @@ static void drop_protocol_keys(json_t *v, const char *device_id, bool top)
         }
 }
 
-static int next_config_id(const char *id, const json_t *current, json_t **ret)
+/* The configId of a set that gives none: one above every integer configId the twin has seen,
+ * desired or answered, so that the device never takes the new request for an old one. */
+static int next_config_id(const char *id, const json_t *desired, const json_t *reported,
+                          json_t **ret)
 {
-        json_t *cur = json_object_get(current, "configId");
-        json_int_t n;
+        json_t *cur = json_object_get(desired, "configId");
+        int64_t last;
 
-        if (!cur) {
-                *ret = json_integer(1);
-                return *ret ? 0 : -ENOMEM;
-        }
-        if (!json_is_integer(cur)) {
+        if (cur && !json_is_integer(cur)) {
                 _cleanup_free_ char *v = output_value(cur, false);
                 log_error("the current configId of %s is %s, not an integer: give the new one "
                           "with configId=VALUE",
                           id, v ? v : "?");
                 return -EINVAL;
         }
-        n = json_integer_value(cur);
-        if (n == INT64_MAX) {
-                log_error("the current configId of %s is the largest integer: give the new one "
+        if (!device_last_config_id(desired, reported, &last, NULL)) {
+                *ret = json_integer(1);
+                return *ret ? 0 : -ENOMEM;
+        }
+        if (last == INT64_MAX) {
+                log_error("the largest configId of %s is the largest integer: give the new one "
                           "with configId=VALUE",
                           id);
                 return -ERANGE;
         }
-        *ret = json_integer(n + 1);
+        *ret = json_integer(last + 1);
         return *ret ? 0 : -ENOMEM;
 }
 
@@ -668,7 +680,21 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
                           s->wait_version, error ? error : "(no error given)");
                 return TWINCTL_EXIT_DEVICE_FAILED;
         }
-        if (!s->args->json)
+        if (s->args->json)
+                return TWINCTL_EXIT_SUCCESS;
+        if (json_is_true(json_object_get(s->answer, "noChange"))) {
+                _cleanup_free_ char *cfg =
+                    output_value(json_object_get(s->published, "configId"), false);
+
+                if (json_object_get(s->published, "configId"))
+                        printf("%s answered desired $version %" PRId64 " without applying "
+                               "(configId %s unchanged).\n",
+                               s->device_id, s->wait_version, cfg ? cfg : "?");
+                else
+                        printf("%s answered desired $version %" PRId64 " without applying (it "
+                               "already runs these properties).\n",
+                               s->device_id, s->wait_version);
+        } else
                 printf("%s applied desired $version %" PRId64 ".\n", s->device_id, s->wait_version);
         return TWINCTL_EXIT_SUCCESS;
 }
@@ -678,11 +704,11 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         _cleanup_(service_done) Service s = { .args = args };
         _cleanup_broker_session_ BrokerSession *b = NULL;
         _cleanup_json_ json_t *patches = NULL, *doc = NULL, *config_id = NULL, *parsed = NULL,
-                              *result = NULL;
+                              *result = NULL, *reported_props = NULL;
         _cleanup_free_ char *payload = NULL, *topic = NULL, *cfg = NULL;
         bool has_config_id;
-        int64_t current_version, new_version, parsed_version;
-        json_t *current, *patch;
+        int64_t current_version, last_version, new_version, parsed_version;
+        json_t *current, *reported, *patch;
         char err[256];
         size_t i;
         int r;
@@ -708,6 +734,7 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                 return r;
 
         current = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_DESIRED);
+        reported = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_REPORTED);
         /* An absent (or unreadable) $version counts as 0. */
         current_version = current ? twin_document_version(current) : -1;
         if (args->has_if_version &&
@@ -721,24 +748,38 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         doc = current ? json_deep_copy(current) : json_object();
         if (!doc)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        if (!current && reported && json_object_size(reported_props = twin_properties(reported)))
+                log_warning("%s has no desired document on the broker (lost or never set) but "
+                            "reports properties: the new desired document holds only what this "
+                            "set gives",
+                            s.device_id);
         drop_protocol_keys(doc, s.device_id, true);
         json_array_foreach (patches, i, patch)
                 if (twin_merge_patch(doc, patch) < 0)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
         if (!has_config_id) {
-                r = next_config_id(s.device_id, current, &config_id);
+                r = next_config_id(s.device_id, current, reported, &config_id);
                 if (r == -ENOMEM)
                         return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
                 if (r < 0)
                         return TWINCTL_EXIT_FAILURE;
                 if (json_object_set(doc, "configId", config_id) < 0)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        } else if (reported && json_equal(twin_config_id(doc), twin_config_id(reported)) &&
+                   !twin_properties_equal(doc, reported)) {
+                _cleanup_free_ char *v = output_value(twin_config_id(doc), false);
+                log_warning("configId %s is the one %s already runs: the device answers without "
+                            "applying the other properties (leave configId out to get a new one)",
+                            v ? v : "?", s.device_id);
         }
-        if (current_version == INT64_MAX) {
+        /* Above what the desired document says and what the device answered: after a lost
+         * desired document the count must not start again at a $version already answered. */
+        last_version = device_last_version(current, reported);
+        if (last_version == INT64_MAX) {
                 log_error("desired $version of %s is already the largest integer", s.device_id);
                 return TWINCTL_EXIT_FAILURE;
         }
-        new_version = current_version < 0 ? 1 : current_version + 1;
+        new_version = last_version < 0 ? 1 : last_version + 1;
         if (json_object_set_new(doc, "$version", json_integer(new_version)) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
 
@@ -797,7 +838,8 @@ static bool watch_converged(void *userdata)
         if (!desired)
                 return false;
         state = device_state(desired, device_entry_get(entry, DEVICE_KIND_REPORTED));
-        return state == DEVICE_STATE_SUCCESS || state == DEVICE_STATE_FAILED;
+        return state == DEVICE_STATE_SUCCESS || state == DEVICE_STATE_FAILED ||
+               state == DEVICE_STATE_DRIFTED;
 }
 
 static bool never(void *userdata)
@@ -840,13 +882,28 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
 
         entry = service_entry(&s, s.device_id);
         status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
-        if (device_state(device_entry_get(entry, DEVICE_KIND_DESIRED),
-                         device_entry_get(entry, DEVICE_KIND_REPORTED)) == DEVICE_STATE_FAILED) {
+        switch (device_state(device_entry_get(entry, DEVICE_KIND_DESIRED),
+                             device_entry_get(entry, DEVICE_KIND_REPORTED))) {
+        case DEVICE_STATE_FAILED: {
                 _cleanup_free_ char *error = output_sanitize(
                     strdup_or_null(json_string_value(json_object_get(status, "error"))));
                 log_error("%s reported failed: %s", s.device_id,
                           error ? error : "(no error given)");
                 return TWINCTL_EXIT_DEVICE_FAILED;
+        }
+        case DEVICE_STATE_DRIFTED:
+                log_error("%s answered the desired $version but reports other properties: it "
+                          "did not take them%s; see twinctl get %s",
+                          s.device_id,
+                          json_is_true(json_object_get(status, "noChange"))
+                              ? " (the configId was unchanged)"
+                              : "",
+                          s.device_id);
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        case DEVICE_STATE_NONE:
+        case DEVICE_STATE_PENDING:
+        case DEVICE_STATE_SUCCESS:
+                break;
         }
         return TWINCTL_EXIT_SUCCESS;
 }
@@ -856,8 +913,10 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
 static bool list_matches(const TwinctlArgs *args, enum DeviceState state, bool online)
 {
         /* The state filters widen each other (OR); --offline narrows them (AND). */
+        /* Drifted has not converged: it is listed as pending. */
         if ((args->filter_pending || args->filter_failed) &&
-            !((args->filter_pending && state == DEVICE_STATE_PENDING) ||
+            !((args->filter_pending &&
+               (state == DEVICE_STATE_PENDING || state == DEVICE_STATE_DRIFTED)) ||
               (args->filter_failed && state == DEVICE_STATE_FAILED)))
                 return false;
         if (args->filter_offline && online)

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "control-protocol.h"
 #include "json-util.h"
 #include "log.h"
 #include "strv.h"
@@ -17,8 +18,6 @@
 #include "twind-dialect.h"
 #include "twind-manager.h"
 #include "twind-state.h"
-
-#define ERROR_MAX 1536
 
 /* A desired document not acted on yet; only the newest is kept. An oversized one keeps only its
  * length (payload NULL, len over the limit). */
@@ -174,7 +173,7 @@ static LogFields apply_fields(const Manager *m, const char *config_id, int64_t v
 
 /* A $status object for the answered desired document. */
 static json_t *make_status(const char *state, int64_t desired_version, const json_t *config_id,
-                           const json_t *pending, const char *error)
+                           const json_t *pending, const char *error, bool no_change)
 {
         _cleanup_json_ json_t *s = json_object();
         char now[32];
@@ -191,6 +190,8 @@ static json_t *make_status(const char *state, int64_t desired_version, const jso
                 json_object_set(s, "pendingConfig", (json_t *)pending);
         if (error)
                 json_object_set_new(s, "error", json_string(error));
+        if (no_change)
+                json_object_set_new(s, "noChange", json_true());
         json_object_set_new(s, "updatedAt", json_string(now));
         return TAKE_PTR(s);
 }
@@ -217,14 +218,31 @@ static int save_state(Manager *m)
 
 static void publish_reported(Manager *m);
 
-/* Records status (stolen) as the answer to desired $version (when known), saves it and publishes
- * it. A failed save only warns: an answer that applies nothing loses nothing when it is lost. */
-static void answer_desired(Manager *m, int64_t version, json_t *status)
+static int set_answered_digest(Manager *m, const char *digest)
+{
+        char *copy = NULL;
+
+        if (digest) {
+                copy = strdup(digest);
+                if (!copy)
+                        return -ENOMEM;
+        }
+        free(m->state->answered_digest);
+        m->state->answered_digest = copy;
+        return 0;
+}
+
+/* Records status (stolen) as the answer to the desired request with this $version (when known)
+ * and digest, saves it and publishes it. A failed save only warns: an answer that applies
+ * nothing loses nothing when it is lost. */
+static void answer_desired(Manager *m, int64_t version, const char *digest, json_t *status)
 {
         int r;
 
         if (version >= 0)
                 m->state->desired_version = version;
+        if (set_answered_digest(m, digest) < 0)
+                log_warning_errno(-ENOMEM, "Failed to record the answered document, ignoring");
         set_status(m, status);
         r = save_state(m);
         if (r < 0)
@@ -315,12 +333,15 @@ static void start_apply(Manager *m, json_t *doc)
         f = apply_fields(m, cid, version);
 
         m->applying = json_incref(doc);
+        /* A reapply asked for while another apply ran is served by this one: it applies the
+         * newest desired document, which is what the reapply would have applied. */
+        m->reapply_queued = false;
         m->n_applies++;
         log_full(LOG_INFO, 0, &f, "Applying configId %s (desired $version %" PRId64 ")",
                  cid && *cid ? cid : "(none)", version);
 
         if (events_wanted(m))
-                emit_event(m, "apply-started",
+                emit_event(m, CONTROL_EVENT_APPLY_STARTED,
                            json_pack("{s:I, s:O?}", "desiredVersion", (json_int_t)version,
                                      "configId", config_id));
 
@@ -330,7 +351,7 @@ static void start_apply(Manager *m, json_t *doc)
                 return;
         }
 
-        set_status(m, make_status("pending", version, config_id, props, NULL));
+        set_status(m, make_status("pending", version, config_id, props, NULL, false));
         publish_reported(m);
         update_status_text(m);
 
@@ -368,11 +389,16 @@ static void finish_apply(Manager *m, int error, const char *message)
         _cleanup_free_ char *save_error = NULL;
         int64_t version = twin_document_version(doc);
         json_t *config_id = props ? twin_config_id(props) : NULL;
+        char digest[TWIN_DIGEST_STRING_SIZE];
         LogFields f;
         int r;
 
         cid = twin_config_id_to_string(config_id);
         f = apply_fields(m, cid, version);
+        if (twin_document_digest(doc, digest) < 0 && error == 0) {
+                error = -ENOMEM;
+                message = "out of memory";
+        }
 
         if (error == 0 && props) {
                 _cleanup_(twin_state_freep) TwinState *old = NULL;
@@ -385,8 +411,11 @@ static void finish_apply(Manager *m, int error, const char *message)
                         json_decref(m->state->applied);
                         m->state->applied = json_incref(props);
                         m->state->desired_version = version;
-                        set_status(m, make_status("success", version, config_id, NULL, NULL));
-                        r = save_state(m);
+                        set_status(m,
+                                   make_status("success", version, config_id, NULL, NULL, false));
+                        r = set_answered_digest(m, digest);
+                        if (r >= 0)
+                                r = save_state(m);
                         if (r < 0) {
                                 /* Nothing is applied that is not on disk: go back to the old state
                                  * and fail the apply with the reason. */
@@ -419,11 +448,11 @@ static void finish_apply(Manager *m, int error, const char *message)
         if (error == 0)
                 publish_reported(m);
         else
-                answer_desired(m, version,
+                answer_desired(m, version, digest,
                                make_status("failed", version, config_id, NULL,
-                                           message ? message : "unknown error"));
+                                           message ? message : "unknown error", false));
         if (events_wanted(m))
-                emit_event(m, "apply-finished",
+                emit_event(m, CONTROL_EVENT_APPLY_FINISHED,
                            json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion",
                                      (json_int_t)version, "configId", config_id, "result",
                                      error == 0 ? "success" : "failed", "error",
@@ -445,23 +474,52 @@ static void finish_apply(Manager *m, int error, const char *message)
 
 /* ---- desired documents ------------------------------------------------------------------- */
 
-/* A refused document: report failed naming the problem, unless this exact refusal is what the
- * device already reports (a redelivery). */
-static void refuse_desired(Manager *m, int64_t version, const char *reason)
+/* Whether the desired request with this digest (and $version, configId) is the one last
+ * answered, delivered again (on connect, after a restart, as a duplicate). Told by content: a
+ * new request may reuse a $version and configId, for instance after the service side lost its
+ * documents and started counting again. */
+static bool is_redelivery(const Manager *m, const char *digest, int64_t version,
+                          const json_t *config_id)
+{
+        const json_t *st = m->state->status;
+
+        if (m->state->answered_digest)
+                return digest && strcmp(digest, m->state->answered_digest) == 0;
+        /* A state file from an agent that kept no digest: its rule, ($version, configId). */
+        if (!st || version < 0 || version != m->state->desired_version)
+                return false;
+        return json_equal(json_object_get(st, "configId"), (json_t *)config_id) ||
+               (!config_id && !json_object_get(st, "configId"));
+}
+
+static bool status_is(const Manager *m, const char *state)
+{
+        const char *s = json_string_value(json_object_get(m->state->status, "state"));
+
+        return s && strcmp(s, state) == 0;
+}
+
+/* A refused document: report failed naming the problem, unless this very document was refused
+ * last (a redelivery). */
+static void refuse_desired(Manager *m, int64_t version, const char *digest, const char *reason)
 {
         const json_t *st = m->state->status;
         LogFields f = apply_fields(m, NULL, version);
 
-        /* The same refusal is already reported when the stored status answers the same $version
-         * (or, for a document without a readable one, also has none) with the same error. */
-        if (st &&
-            (version >= 0 ? json_integer_value(json_object_get(st, "desiredVersion")) == version &&
-                                json_is_integer(json_object_get(st, "desiredVersion"))
-                          : !json_object_get(st, "desiredVersion")) &&
-            json_is_string(json_object_get(st, "state")) &&
-            strcmp(json_string_value(json_object_get(st, "state")), "failed") == 0 &&
-            json_is_string(json_object_get(st, "error")) &&
-            strcmp(json_string_value(json_object_get(st, "error")), reason) == 0) {
+        /* The document cannot be applied or reapplied: the last valid one is not current any
+         * more either (twinctl reapply would re-apply a superseded configuration). */
+        json_decref(TAKE_PTR(m->desired));
+
+        if (status_is(m, "failed") &&
+            (m->state->answered_digest
+                 ? digest && strcmp(digest, m->state->answered_digest) == 0
+                 /* From an agent that kept no digest: the same $version, the same error. */
+                 : (version >= 0
+                        ? json_is_integer(json_object_get(st, "desiredVersion")) &&
+                              json_integer_value(json_object_get(st, "desiredVersion")) == version
+                        : !json_object_get(st, "desiredVersion")) &&
+                       json_is_string(json_object_get(st, "error")) &&
+                       strcmp(json_string_value(json_object_get(st, "error")), reason) == 0)) {
                 log_debug("Refused desired document delivered again, already reported");
                 return;
         }
@@ -469,49 +527,55 @@ static void refuse_desired(Manager *m, int64_t version, const char *reason)
         m->n_failures++;
         log_full(LOG_ERR, 0, &f, "Refusing desired document: %s", reason);
         set_last_error(m, reason);
-        answer_desired(m, version, make_status("failed", version, NULL, NULL, reason));
+        answer_desired(m, version, digest,
+                       make_status("failed", version, NULL, NULL, reason, false));
         update_status_text(m);
-}
-
-static bool status_is_failed_for(const Manager *m, int64_t version, const json_t *config_id)
-{
-        const json_t *st = m->state->status;
-        const json_t *state;
-
-        if (!st || version != m->state->desired_version)
-                return false;
-        state = json_object_get(st, "state");
-        if (!json_is_string(state) || strcmp(json_string_value(state), "failed") != 0)
-                return false;
-        return json_equal(json_object_get(st, "configId"), (json_t *)config_id) ||
-               (!config_id && !json_object_get(st, "configId"));
 }
 
 static void manager_process_desired(Manager *m, const void *payload, size_t len)
 {
         _cleanup_json_ json_t *doc = NULL, *props = NULL;
-        char err[512];
+        char err[512], digest[TWIN_DIGEST_STRING_SIZE];
         int64_t version;
         json_t *config_id;
         int r;
 
         r = twin_desired_parse(payload, len, &doc, &version, err, sizeof(err));
         if (r < 0) {
+                char what[64];
+
                 if (r == -ENOMEM)
                         snprintf(err, sizeof(err), "out of memory");
-                refuse_desired(m, version, err);
+                /* A refused document is known by its bytes; an oversized one kept only its
+                 * length (see on_desired()). */
+                if (len > TWIN_DESIRED_MAX_BYTES) {
+                        snprintf(what, sizeof(what), "oversized:%zu", len);
+                        r = twin_digest(what, strlen(what), digest);
+                } else
+                        r = twin_digest(payload, len, digest);
+                refuse_desired(m, version, r < 0 ? NULL : digest, err);
+                return;
+        }
+        r = twin_document_digest(doc, digest);
+        props = twin_properties(doc);
+        if (r < 0 || !props) {
+                log_error_errno(-ENOMEM, "Failed to process the desired document");
                 return;
         }
 
         json_decref(m->desired);
         m->desired = json_incref(doc);
+        config_id = twin_config_id(props);
 
-        props = twin_properties(doc);
-        if (!props) {
-                log_error_errno(-ENOMEM, "Failed to process the desired document");
+        if (is_redelivery(m, digest, version, config_id)) {
+                if (status_is(m, "failed"))
+                        log_info("Desired $version %" PRId64 " already failed; not retrying it "
+                                 "(twinctl reapply retries)",
+                                 version);
+                else
+                        log_debug("Desired $version %" PRId64 " already answered", version);
                 return;
         }
-        config_id = twin_config_id(props);
 
         if (version < m->state->desired_version)
                 log_warning("Desired $version went backwards (%" PRId64 " after %" PRId64
@@ -519,29 +583,26 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                             version, m->state->desired_version);
 
         if (twin_needs_apply(props, m->state->applied)) {
-                if (status_is_failed_for(m, version, config_id)) {
-                        log_info("Desired $version %" PRId64 " already failed; not retrying it "
-                                 "(twinctl reapply retries)",
-                                 version);
-                        return;
-                }
                 start_apply(m, doc);
                 return;
         }
 
-        if (version != m->state->desired_version) {
-                /* Asks for nothing new: answer it, so a waiting service sees convergence. */
+        {
+                /* Asks for nothing new: answer it, so a waiting service sees it converge, and say
+                 * that nothing ran. */
                 _cleanup_free_ char *cid = twin_config_id_to_string(config_id);
                 LogFields f = apply_fields(m, cid, version);
 
                 log_full(LOG_INFO, 0, &f,
-                         "Desired $version %" PRId64 " asks for no change (configId %s applied)",
-                         version, cid && *cid ? cid : "(none)");
-                answer_desired(m, version, make_status("success", version, config_id, NULL, NULL));
-                return;
+                         "Desired $version %" PRId64 " asks for no change (configId %s applied)%s",
+                         version, cid && *cid ? cid : "(none)",
+                         twin_properties_equal(props, m->state->applied)
+                             ? ""
+                             : "; its other properties differ, but only a new configId is "
+                               "applied");
+                answer_desired(m, version, digest,
+                               make_status("success", version, config_id, NULL, NULL, true));
         }
-
-        log_debug("Desired $version %" PRId64 " already answered", version);
 }
 
 /* ---- dialect callbacks ------------------------------------------------------------------- */
@@ -560,7 +621,8 @@ static void on_connected(TwinDialect *d, void *userdata)
         /* The broker may have lost its store: it holds our reported document again. */
         publish_reported(m);
         update_status_text(m);
-        emit_event(m, "connected", json_pack("{s:s}", "broker", twin_dialect_address(d)));
+        emit_event(m, CONTROL_EVENT_CONNECTED,
+                   json_pack("{s:s}", "broker", twin_dialect_address(d)));
 }
 
 static void on_disconnected(TwinDialect *d, int error, const char *reason, uint64_t retry_in_ms,
@@ -584,7 +646,7 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
                           twin_dialect_address(d), reason ? reason : "unknown reason", retry_in_ms);
         update_status_text(m);
         if (was_connected)
-                emit_event(m, "disconnected", json_pack("{s:s?}", "reason", reason));
+                emit_event(m, CONTROL_EVENT_DISCONNECTED, json_pack("{s:s?}", "reason", reason));
 }
 
 /* Acts on the newest held document, unless an apply runs (it is then acted on when that ends). */
@@ -626,7 +688,7 @@ static void on_desired(TwinDialect *d, const void *payload, size_t len, void *us
         if (events_wanted(m)) {
                 _cleanup_json_ json_t *peek = oversized ? NULL : json_loadb(payload, len, 0, NULL);
 
-                emit_event(m, "desired-received",
+                emit_event(m, CONTROL_EVENT_DESIRED,
                            json_pack("{s:I}", "desiredVersion",
                                      (json_int_t)(peek ? twin_document_version(peek) : -1)));
         }

@@ -43,6 +43,7 @@ TwinState *twin_state_free(TwinState *s)
                 return NULL;
         json_decref(s->applied);
         json_decref(s->status);
+        free(s->answered_digest);
         free(s);
         return NULL;
 }
@@ -60,6 +61,11 @@ int twin_state_copy(const TwinState *s, TwinState **ret)
         if (s->status) {
                 c->status = json_deep_copy(s->status);
                 if (!c->status)
+                        return -ENOMEM;
+        }
+        if (s->answered_digest) {
+                c->answered_digest = strdup(s->answered_digest);
+                if (!c->answered_digest)
                         return -ENOMEM;
         }
         c->desired_version = s->desired_version;
@@ -82,6 +88,9 @@ int twin_state_encode(const TwinState *s, char **ret)
             json_object_set_new(root, "reportedVersion", json_integer(s->reported_version)) < 0)
                 return -ENOMEM;
         if (s->status && json_object_set(root, "status", s->status) < 0)
+                return -ENOMEM;
+        if (s->answered_digest &&
+            json_object_set_new(root, "answered", json_string(s->answered_digest)) < 0)
                 return -ENOMEM;
 
         /* Indented: an operator may read it when something went wrong. */
@@ -109,7 +118,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
 {
         _cleanup_(twin_state_freep) TwinState *s = NULL;
         _cleanup_json_ json_t *root = NULL;
-        json_t *format, *applied, *desired, *reported, *status;
+        json_t *format, *applied, *desired, *reported, *status, *answered;
         char reason[256] = "";
         json_error_t jerr;
 
@@ -177,9 +186,19 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
                                             "status: state is not pending, success or failed");
         }
 
+        answered = json_object_get(root, "answered");
+        if (answered && !twin_digest_is_valid(json_string_value(answered)))
+                return decode_error(err, errlen, -EINVAL,
+                                    "answered: not a digest (\"sha256:\" and 64 hex digits)");
+
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        if (answered) {
+                s->answered_digest = strdup(json_string_value(answered));
+                if (!s->answered_digest)
+                        return -ENOMEM;
+        }
         s->applied = json_incref(applied);
         s->status = json_incref(status);
         s->desired_version = json_integer_value(desired);

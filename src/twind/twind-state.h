@@ -28,6 +28,10 @@ typedef struct TwinState {
         int64_t desired_version;  /* the desired $version last answered; -1 none */
         int64_t reported_version; /* the last reported $version published (or reserved) */
         json_t *status;           /* the last $status object published; NULL none */
+        /* twin_digest() of the desired request last answered (its canonical document, or the
+         * raw bytes of a refused one), so that a redelivery is told from a new request that
+         * reuses its $version and configId; NULL when unknown (a file from an older agent). */
+        char *answered_digest;
 } TwinState;
 
 /* Empty state: applied {}, desired_version -1, reported_version 0, status NULL. */

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: MIT
-"""Coalescing (protocol.md, "Agent behaviour" 6): documents that arrive before the agent acts
+"""Coalescing (protocol.md, "Agent behaviour" 7): documents that arrive before the agent acts
 on them are skipped for the newest; a burst runs far fewer applies than it has documents."""
 
 import json

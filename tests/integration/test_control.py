@@ -305,6 +305,39 @@ def test_reapply_as_root_runs_the_apply_again(agent, service, make_apply):
     assert st["state"] == "success", st
 
 
+def test_refused_document_is_not_current_and_not_reapplied(agent, service, make_apply):
+    apply = make_apply()
+    start_connected(agent, service, apply)
+    service.publish({"$version": 1, "configId": 1, "a": 1})
+    service.wait_status("success", 1)
+    c = Control(agent.socket)
+    service.publish({"$version": 2, "configId": 2, "$bad": 1})
+    service.wait_failed()
+    assert c.result("twin")["desired"] is None
+    assert c.call("reapply", id=3)["error"]["name"] == "NoDesired"
+    settle(0.5)
+    assert len(apply.calls()) == 1, apply.calls()
+
+
+def test_queued_reapply_is_served_by_a_newer_apply(agent, service, make_apply):
+    """A reapply queued behind a running apply, then a newer desired document: the newer one is
+    applied once, and the queued reapply does not apply it a second time."""
+    apply = make_apply(sleep=2)
+    start_connected(agent, service, apply)
+    service.publish({"$version": 1, "configId": 1, "a": 1})
+    assert poll(lambda: len(apply.calls()) == 1, TIMEOUT), "the first apply never started"
+    apply.behave(sleep=0)
+    c = Control(agent.socket)
+    assert c.call("reapply", id=1) == {"id": 1, "result": {"started": True}}
+    service.publish({"$version": 2, "configId": 2, "a": 2})
+    service.wait_status("success", 2)
+    settle(1.0)
+    assert apply.inputs() == [{"configId": 1, "a": 1}, {"configId": 2, "a": 2}], apply.inputs()
+    assert wait_status(agent, lambda s: s["state"] == "success", "success")["counters"][
+        "applies"
+    ] == 2
+
+
 def run_as_nobody(directory, name, requests):
     """Connects to directory/name as uid/gid 65534 and sends requests; returns the replies.
 

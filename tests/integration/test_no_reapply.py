@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: MIT
-"""The change rule: an applied configuration is never applied again (protocol.md, "Agent
-behaviour" 2 and 3), and the reported $version only grows."""
+"""Redelivery and the change rule: an applied configuration is never applied again, a new
+request is told from a redelivery by its content (protocol.md, "Agent behaviour" 2 to 5), and
+the reported $version only grows."""
 
 import pytest
 
@@ -146,3 +147,55 @@ def test_version_going_backwards_is_accepted(agent, service, applied):
     assert props(doc) == {"configId": 2, "sendFrequency": "1m"}, doc
     assert len(applied.calls()) == 2
     assert "backwards" in agent.log_text().lower(), agent.log_tail()
+
+
+def test_new_request_reusing_version_and_config_id_is_answered(agent, service, applied):
+    """A service side that lost its documents counts from 1 again: a document with the last
+    answered $version and configId but other properties is a new request, not a redelivery. It
+    asks for no change (same configId), so it is answered without applying, and says so."""
+    mark = service.mark()
+    service.publish({"$version": 1, "configId": 1, "sendFrequency": "1h"})
+    doc = service.wait_reported(
+        lambda d: (d.get("$status") or {}).get("noChange") is True,
+        "an answer without applying ($status.noChange)",
+        mark,
+    )
+    assert doc["$status"]["state"] == "success" and doc["$status"]["desiredVersion"] == 1, doc
+    assert props(doc) == props(DOC), doc
+    assert len(applied.calls()) == 1, applied.calls()
+    # Its redelivery is not answered again.
+    mark = service.mark()
+    service.publish({"$version": 1, "configId": 1, "sendFrequency": "1h"})
+    settle(1.0)
+    assert service.reported_since(mark) == [], service.reported_since(mark)
+
+
+def test_failed_request_then_new_content_with_same_version_is_applied(agent, service, make_apply):
+    apply = make_apply(exit=3, stderr="no modem")
+    start_agent(agent, service, apply)
+    service.publish({"$version": 1, "configId": 1, "sendFrequency": "5m"})
+    service.wait_failed()
+    apply.behave(exit=0)
+    mark = service.mark()
+    service.publish({"$version": 1, "configId": 1, "sendFrequency": "1h"})
+    doc = service.wait_status("success", 1, mark)
+    assert props(doc) == {"configId": 1, "sendFrequency": "1h"}, doc
+    assert apply.inputs() == [
+        {"configId": 1, "sendFrequency": "5m"},
+        {"configId": 1, "sendFrequency": "1h"},
+    ]
+
+
+def test_redelivery_of_a_failure_after_restart_is_not_retried(agent, service, make_apply):
+    apply = make_apply(exit=3)
+    start_agent(agent, service, apply)
+    service.publish({"$version": 1, "configId": 1, "sendFrequency": "5m"})
+    service.wait_failed()
+    assert agent.read_state()["answered"].startswith("sha256:"), agent.read_state()
+    apply.behave(exit=0)
+    agent.stop()
+    mark = service.connection_mark()
+    agent.start()
+    service.wait_connection("online", mark)
+    settle(1.0)
+    assert len(apply.calls()) == 1, apply.calls()

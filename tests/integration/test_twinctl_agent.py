@@ -137,6 +137,60 @@ def test_list_with_filters(tmp_path, broker, agent, running, make_apply):
         other.cleanup()
 
 
+def test_set_after_the_broker_lost_desired_is_applied(broker, agent, service, running):
+    """The broker restarts without persistence and forgets the desired document: the next set
+    must not reuse the $version and configId the device already answered (it would take the new
+    request for a redelivery and the set would time out)."""
+    r = twinctl(broker, "set", agent.device_id, "configId=1", "sendFrequency=5m", "--wait",
+                "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    mark = service.connection_mark()
+    broker.stop()
+    broker.start()
+    service.wait_connection("online", mark, timeout=20)
+    service.wait_reported(lambda d: d.get("sendFrequency") == "5m", "reported again after the "
+                          "broker restart")
+    r = twinctl(broker, "set", agent.device_id, "sendFrequency=1h", "--wait", "--timeout", "20",
+                "--json")
+    assert r.returncode == EXIT_OK, r.stderr
+    out = json.loads(r.stdout)
+    assert out["version"] == 2 and out["configId"] == 2, out
+    assert "no desired document" in r.stderr, r.stderr
+    assert running.inputs()[-1] == {"configId": 2, "sendFrequency": "1h"}, running.inputs()
+    twin = get_json(broker, agent.device_id)
+    assert twin["reported"]["sendFrequency"] == "1h", twin
+
+
+def test_unchanged_config_id_is_answered_and_shown_as_drift(broker, agent, running):
+    r = twinctl(broker, "set", agent.device_id, "configId=7", "a=1", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert f"{agent.device_id} applied desired $version 1." in r.stdout, r.stdout
+
+    # Same configId, another value: warned before, answered without applying after.
+    r = twinctl(broker, "set", agent.device_id, "configId=7", "a=2", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "configId 7 is the one" in r.stderr, r.stderr
+    assert "answered desired $version 2 without applying (configId 7 unchanged)" in r.stdout, (
+        r.stdout
+    )
+    assert "applied desired" not in r.stdout, r.stdout
+    assert running.inputs() == [{"configId": 7, "a": 1}], running.inputs()
+
+    # Not converged, whichever way one asks.
+    r = twinctl(broker, "get", agent.device_id)
+    assert r.returncode == EXIT_OK, r.stderr
+    state = [l for l in r.stdout.splitlines() if l.startswith("State:")]
+    assert state and "drifted" in state[0] and "configId was unchanged" in state[0], r.stdout
+    r = twinctl(broker, "list", "--pending", "--json")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert [(d["deviceId"], d["state"]) for d in json.loads(r.stdout)] == [
+        (agent.device_id, "drifted")
+    ], r.stdout
+    r = twinctl(broker, "watch", agent.device_id, "--until-converged", "--timeout", "10")
+    assert r.returncode == EXIT_DEVICE_FAILED, (r.returncode, r.stderr)
+    assert "did not take them" in r.stderr, r.stderr
+
+
 def test_status_and_reapply_through_the_socket(broker, agent, running):
     r = twinctl(broker, "set", agent.device_id, "sendFrequency=5m", "--wait", "--timeout", "20")
     assert r.returncode == EXIT_OK, r.stderr
