@@ -12,6 +12,7 @@
 
 #include "test-util.h"
 #include "twind-conf.h"
+#include "twind-dialect.h"
 
 static char tmpdir[] = "/tmp/test-conf-XXXXXX";
 
@@ -298,7 +299,7 @@ static void test_fifo_refused(void)
 static void check_verify(const char *content, const char *expected, int line)
 {
         _cleanup_(twind_config_freep) TwindConfig *c = NULL;
-        char err[512] = "";
+        char err[512] = "", want[600] = "";
         int r;
 
         if (load_text(content, &c, err, sizeof err) != 0) {
@@ -306,6 +307,12 @@ static void check_verify(const char *content, const char *expected, int line)
                 test_failures++;
                 return;
         }
+        /* "N: ..." names line N of the file: the error starts with the file and that line. */
+        if (expected && expected[0] >= '0' && expected[0] <= '9')
+                snprintf(want, sizeof want, "%s/twind.conf:%s", tmpdir, expected);
+        else if (expected)
+                snprintf(want, sizeof want, "%s", expected);
+        expected = expected ? want : NULL;
         r = twind_config_verify(c, err, sizeof err);
         if (expected ? (r != -EINVAL || strncmp(err, expected, strlen(expected)) != 0) : r != 0) {
                 fprintf(stderr, "%s:%d: verify gave %d \"%s\", expected %s\n", __FILE__, line, r,
@@ -330,28 +337,28 @@ static void test_verify(void)
         CHECK_VERIFY("[device]\nid = A.b_c:d-9\n[broker]\nurl = mqtt://[::1]:1884\n", NULL);
         CHECK_VERIFY("[broker]\nurl = mqtt://h\n", "[device] id: missing (set it in /tmp/");
         CHECK_VERIFY("[device]\nid = bad/id\n",
-                     "[device] id: 'bad/id' is not a valid device id (1 to 128 characters of "
+                     "2: [device] id: 'bad/id' is not a valid device id (1 to 128 characters of "
                      "A-Z a-z 0-9 - . _ :)");
-        CHECK_VERIFY("[device]\nid = d\n[broker]\nurl = http://h\n", "[broker] url: ");
+        CHECK_VERIFY("[device]\nid = d\n[broker]\nurl = http://h\n", "4: [broker] url: ");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ntopic_root = a/#\n",
-                     "[broker] topic_root: 'a/#' is not a valid topic root");
+                     "4: [broker] topic_root: 'a/#' is not a valid topic root");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ntopic_root = /a\n",
-                     "[broker] topic_root: '/a' is not a valid topic root");
+                     "4: [broker] topic_root: '/a' is not a valid topic root");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ncertfile = /c.pem\n",
-                     "[broker] certfile: set without keyfile");
+                     "4: [broker] certfile: set without keyfile");
         CHECK_VERIFY("[device]\nid = d\n[broker]\nkeyfile = /k.pem\n",
-                     "[broker] keyfile: set without certfile");
+                     "4: [broker] keyfile: set without certfile");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ncertfile = /c.pem\nkeyfile = /k.pem\n", NULL);
         CHECK_VERIFY("[device]\nid = d\n[broker]\npassword_file = /p\n",
-                     "[broker] password_file: set without username");
+                     "4: [broker] password_file: set without username");
         CHECK_VERIFY("[device]\nid = d\n[state]\ndirectory = var/lib/twind\n",
-                     "[state] directory: 'var/lib/twind' is not an absolute path");
+                     "4: [state] directory: 'var/lib/twind' is not an absolute path");
         CHECK_VERIFY("[device]\nid = d\n[control]\nsocket = control.sock\n",
-                     "[control] socket: 'control.sock' is not an absolute path");
+                     "4: [control] socket: 'control.sock' is not an absolute path");
         CHECK_VERIFY("[device]\nid = d\n[control]\nsocket = /run/"
                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
                      "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa/c.sock\n",
-                     "[control] socket: '/run/aaaa");
+                     "4: [control] socket: '/run/aaaa");
 }
 
 /* Runs twind_config_read_password with stderr captured into *stderr_text. */
@@ -399,6 +406,12 @@ static void test_password(void)
         CHECK_INT_EQ(read_password_capturing(c, &pw, err, sizeof err, out, sizeof out), 0);
         CHECK_STR_EQ(pw, "s3cret-pass\n");
         CHECK_STR_EQ(out, "");
+        free(pw);
+
+        /* A Windows line end goes as a whole, as in twinctl. */
+        path = write_file("pw", "s3cret-pass\r\n", 0600);
+        CHECK_INT_EQ(read_password_capturing(c, &pw, err, sizeof err, out, sizeof out), 0);
+        CHECK_STR_EQ(pw, "s3cret-pass");
         free(pw);
 
         /* Readable by others: warned about, not fatal, and the warning holds no secret. */
@@ -484,6 +497,110 @@ static void test_credential_files(void)
         CHECK(c->certfile == NULL && c->keyfile == NULL);
 }
 
+/* Errors name where the value came from: the file and line, or the command-line option. */
+static void test_origins(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[512] = "", want[600], where[600];
+
+        CHECK_INT_EQ(
+            load_text("[device]\nid = from-file\n[broker]\nkeepalive = 30\n", &c, err, sizeof err),
+            0);
+        snprintf(want, sizeof want, "%s/twind.conf:2: [device] id", tmpdir);
+        CHECK_STR_EQ(twind_config_where(c, TWIND_KEY_DEVICE_ID, where, sizeof where), want);
+        CHECK_STR_EQ(twind_config_where(c, TWIND_KEY_BROKER_URL, where, sizeof where),
+                     "[broker] url");
+
+        /* A bad value given on the command line is the option's fault, not the file's. */
+        CHECK_INT_EQ(
+            twind_config_set_option(c, TWIND_KEY_DEVICE_ID, "--device-id", "a b", err, sizeof err),
+            0);
+        CHECK_INT_EQ(twind_config_verify(c, err, sizeof err), -EINVAL);
+        CHECK_STR_EQ(err, "--device-id: 'a b' is not a valid device id (1 to 128 characters of "
+                          "A-Z a-z 0-9 - . _ :)");
+        CHECK_INT_EQ(twind_config_set_option(c, TWIND_KEY_BROKER_URL, "--broker", "http://x", err,
+                                             sizeof err),
+                     0);
+        CHECK_INT_EQ(
+            twind_config_set_option(c, TWIND_KEY_DEVICE_ID, "--device-id", "ok", err, sizeof err),
+            0);
+        CHECK_INT_EQ(twind_config_verify(c, err, sizeof err), -EINVAL);
+        CHECK(strncmp(err, "--broker: invalid broker URL", 28) == 0);
+        /* An option that does not parse is refused at once, naming it. */
+        CHECK_INT_EQ(twind_config_set_option(c, TWIND_KEY_BROKER_KEEPALIVE, "--keepalive", "x", err,
+                                             sizeof err),
+                     -EINVAL);
+        CHECK_STR_EQ(err, "--keepalive: 'x' is not a number of seconds between 5 and 3600");
+}
+
+static void test_dialect_keys(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[512] = "";
+
+        CHECK_INT_EQ(twind_config_new(&c), 0);
+        CHECK_STR_EQ(c->dialect, "standard");
+        CHECK_INT_EQ(c->azure_token_lifetime_usec, 3600 * 1000000ULL);
+        {
+                char want[256];
+
+                snprintf(want, sizeof want, "2: [broker] dialect: 'mqtt5' is not a dialect (%s)",
+                         twin_dialect_names());
+                CHECK_REFUSED("[broker]\ndialect = mqtt5\n", want);
+        }
+        CHECK_REFUSED("[azure]\ntoken_lifetime = 4s\n",
+                      "2: [azure] token_lifetime: '4s' is not a time span from 5s to 365d (such "
+                      "as 90s, 30min, 1h)");
+        CHECK_REFUSED("[azure]\nmystery = 1\n", "2: unknown key 'mystery' in section [azure]");
+        twind_config_free(TAKE_PTR(c));
+        CHECK_INT_EQ(
+            load_text("[azure]\ntoken_lifetime = 5s\nstatus_property = st\n", &c, err, sizeof err),
+            0);
+        CHECK_INT_EQ(c->azure_token_lifetime_usec, 5 * 1000000ULL);
+        CHECK_STR_EQ(c->azure_status_property, "st");
+}
+
+/* --check-config looks at what the start will need: the apply command and the files. */
+static void test_check_files(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[512] = "", want[700];
+        const char *script, *plain;
+
+        script = write_file("apply.sh", "#!/bin/sh\nexit 0\n", 0755);
+        plain = write_file("not-executable", "x", 0644);
+        CHECK_VERIFY("[device]\nid = d\n[apply]\ncommand = apply.sh --x\n",
+                     "4: [apply] command: 'apply.sh' is not an absolute path");
+        CHECK_VERIFY("[device]\nid = d\n[apply]\ncommand = '/bin/true\n",
+                     "4: [apply] command: cannot split");
+
+        CHECK_INT_EQ(twind_config_new(&c), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->apply_command, script), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), 0);
+
+        CHECK_INT_EQ(twind_config_set_string(&c->apply_command, "/nonexistent/apply --go"), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -ENOENT);
+        CHECK_STR_EQ(err, "[apply] command: /nonexistent/apply: No such file or directory");
+
+        CHECK_INT_EQ(twind_config_set_string(&c->apply_command, plain), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -EACCES);
+        snprintf(want, sizeof want,
+                 "[apply] command: %s is not executable by this user: Permission denied", plain);
+        CHECK_STR_EQ(err, want);
+
+        CHECK_INT_EQ(twind_config_set_string(&c->apply_command, NULL), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->cafile, "/nonexistent/ca.pem"), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -ENOENT);
+        CHECK_STR_EQ(err, "[broker] cafile: cannot use CA file /nonexistent/ca.pem: No such file "
+                          "or directory");
+        CHECK_INT_EQ(twind_config_set_string(&c->cafile, NULL), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->password_file, tmpdir), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -EINVAL);
+        snprintf(want, sizeof want,
+                 "[broker] password_file: password file %s is not a regular file", tmpdir);
+        CHECK_STR_EQ(err, want);
+}
+
 int main(void)
 {
         if (!mkdtemp(tmpdir)) {
@@ -501,6 +618,9 @@ int main(void)
         test_verify();
         test_password();
         test_credential_files();
+        test_origins();
+        test_dialect_keys();
+        test_check_files();
 
         nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
         return test_exit("test-conf");

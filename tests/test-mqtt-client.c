@@ -40,6 +40,7 @@ typedef struct Broker {
 
 typedef struct Events {
         int connected, disconnected, published, subscribed, messages;
+        int last_granted; /* the first granted QoS of the last SUBACK */
         int last_error;
         char last_reason[512];
         uint64_t retries[16];
@@ -273,13 +274,15 @@ static void ev_published(MqttClient *c, int mid, void *userdata)
         CHECK_INT_EQ(mid, e->last_pub_mid);
 }
 
-static void ev_subscribed(MqttClient *c, int mid, void *userdata)
+static void ev_subscribed(MqttClient *c, int mid, size_t n_granted, const int *granted,
+                          void *userdata)
 {
         Events *e = userdata;
 
         event_seen();
 
         e->subscribed++;
+        e->last_granted = n_granted > 0 ? granted[0] : -1;
         CHECK_INT_EQ(mid, e->last_sub_mid);
 }
 

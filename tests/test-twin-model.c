@@ -20,7 +20,7 @@ static int parse_len(const char *s, size_t len, json_t **ret)
 
         err[0] = '\0';
         version = -2;
-        r = twin_desired_parse(s, len ? len : strlen(s), &doc, &version, err, sizeof(err));
+        r = twin_desired_parse(s, len ? len : strlen(s), NULL, &doc, &version, err, sizeof(err));
         if (r < 0) {
                 CHECK(doc == NULL);
                 /* Every reason is one line, starts lowercase or with a quote, has no period. */
@@ -265,29 +265,29 @@ static void test_properties_validate(void)
         _cleanup_json_ json_t *arr = J("[]");
         json_t *deep = json_object(), *cur = deep;
 
-        CHECK_INT_EQ(twin_properties_validate(ok, err, sizeof(err)), 0);
-        CHECK_INT_EQ(twin_properties_validate(dollar, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(ok, NULL, err, sizeof(err)), 0);
+        CHECK_INT_EQ(twin_properties_validate(dollar, NULL, err, sizeof(err)), -EINVAL);
         CHECK_STR_EQ(err, "property key \"$c\" at a.b[1] begins with '$'");
-        CHECK_INT_EQ(twin_properties_validate(version_key, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(version_key, NULL, err, sizeof(err)), -EINVAL);
         CHECK_STR_EQ(err, "property key \"$version\" begins with '$'");
-        CHECK_INT_EQ(twin_properties_validate(arr, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(arr, NULL, err, sizeof(err)), -EINVAL);
         CHECK_STR_EQ(err, "properties are an array, not an object");
-        CHECK_INT_EQ(twin_properties_validate(NULL, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(NULL, NULL, err, sizeof(err)), -EINVAL);
 
         for (int i = 1; i < 10; i++) {
                 json_t *n = json_object();
                 json_object_set_new(cur, "k", n);
                 cur = n;
         }
-        CHECK_INT_EQ(twin_properties_validate(deep, err, sizeof(err)), 0);
+        CHECK_INT_EQ(twin_properties_validate(deep, NULL, err, sizeof(err)), 0);
         json_object_set_new(cur, "k", json_array());
-        CHECK_INT_EQ(twin_properties_validate(deep, err, sizeof(err)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(deep, NULL, err, sizeof(err)), -EINVAL);
         CHECK(strstr(err, "more than 10 levels"));
         json_decref(deep);
 
         /* A tiny buffer is filled, terminated, not overrun. */
         char small[8];
-        CHECK_INT_EQ(twin_properties_validate(dollar, small, sizeof(small)), -EINVAL);
+        CHECK_INT_EQ(twin_properties_validate(dollar, NULL, small, sizeof(small)), -EINVAL);
         CHECK_STR_EQ(small, "propert");
 }
 

@@ -54,9 +54,22 @@ typedef struct MqttClientCallbacks {
                         bool retained, void *userdata);
         /* A QoS > 0 publish with this mid was acknowledged, or a QoS 0 publish was written. */
         void (*published)(MqttClient *c, int mid, void *userdata);
-        /* A SUBSCRIBE with this mid was acknowledged by the broker. */
-        void (*subscribed)(MqttClient *c, int mid, void *userdata);
+        /* A SUBSCRIBE with this mid was answered: granted holds the QoS the broker granted for
+         * each topic filter, in order; MQTT_SUBSCRIBE_REFUSED (0x80) for one it refused. */
+        void (*subscribed)(MqttClient *c, int mid, size_t n_granted, const int *granted,
+                           void *userdata);
+        /* Optional: the user name and password for the next connection attempt, called before
+         * each one (a SAS token expires, so it is made anew). Returns 0 with *ret_username and
+         * *ret_password malloc'd (either may be NULL: none), or a negative errno with a reason
+         * (no secrets) in err: the attempt then fails with that reason and is retried as any
+         * failed attempt. The client wipes and frees the password. Replaces
+         * MqttClientOptions.username and .password. */
+        int (*credentials)(MqttClient *c, char **ret_username, char **ret_password, char *err,
+                           size_t errlen, void *userdata);
 } MqttClientCallbacks;
+
+/* The granted QoS of a refused subscription in MqttClientCallbacks.subscribed. */
+#define MQTT_SUBSCRIBE_REFUSED 0x80
 
 /* Makes a client on loop. Validates the options (URL, keepalive, TLS files readable and only with
  * mqtts://, certificate and key together, no password without user). Does not connect. Returns 0,
@@ -86,8 +99,11 @@ bool mqtt_client_is_connected(const MqttClient *c);
  * turn). Returns 0, or -ENOTCONN when the client is not started or already stopped. */
 int mqtt_client_disconnect(MqttClient *c);
 
-/* Whether the client still has outgoing data queued (for flushing before a clean shutdown). */
-bool mqtt_client_has_pending_output(const MqttClient *c);
+/* Ends the current connection cleanly (DISCONNECT after what is queued) and connects again at
+ * once, without counting a failure or waiting for the backoff (to renew expiring credentials).
+ * The disconnected callback runs with error 0 and retry_in_ms 0, then connected (or a failure)
+ * follows. Returns 0, or -ENOTCONN when not connected. */
+int mqtt_client_reconnect(MqttClient *c);
 
 /* Closes everything; the memory goes when libuv has closed the handles (run the loop once more).
  * Accepts NULL; returns NULL. Callbacks never run after this; may be called from a callback. */

@@ -85,19 +85,107 @@ static void path_format(const PathSegment *segs, size_t n, char *buf, size_t siz
         }
 }
 
-/* Walks a container at nesting level depth (the document is level 1), refusing '$' keys and
- * nesting past TWIN_MAX_DEPTH. segs holds the path to v (n entries, room for TWIN_MAX_DEPTH). */
-static int check_container(const json_t *v, unsigned depth, PathSegment *segs, size_t n,
-                           bool allow_version, char *err, size_t errlen)
+const TwinLimits twin_limits_standard = {
+        .service = "the twin protocol",
+        .max_bytes = TWIN_DESIRED_MAX_BYTES,
+        .max_depth = TWIN_MAX_DEPTH,
+};
+
+const TwinLimits twin_limits_azure = {
+        .service = "IoT Hub",
+        .max_bytes = TWIN_DESIRED_MAX_BYTES,
+        .max_depth = TWIN_MAX_DEPTH,
+        .max_key_bytes = 1024,
+        .key_refused = ". $",
+        .key_no_control = true,
+        .max_string_bytes = 4096,
+        .integer_range = true,
+        .integer_min = -4503599627370496LL,
+        .integer_max = 4503599627370495LL,
+};
+
+/* Whether the UTF-8 text holds a C0 or C1 control character or DEL. */
+static bool has_control(const char *s)
+{
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+                if (*p < 0x20 || *p == 0x7f)
+                        return true;
+                /* U+0080..U+009F are encoded as C2 80 .. C2 9F. */
+                if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+                        return true;
+        }
+        return false;
+}
+
+/* Why key breaks limits' key rules (not the '$' rule), or NULL. */
+static const char *key_problem(const TwinLimits *l, const char *key, char *buf, size_t len)
+{
+        const char *bad;
+
+        if (l->max_key_bytes && strlen(key) > l->max_key_bytes) {
+                snprintf(buf, len, "is longer than %zu bytes", l->max_key_bytes);
+                return buf;
+        }
+        if (l->key_refused && (bad = strpbrk(key, l->key_refused))) {
+                snprintf(buf, len, "holds '%c', which %s does not allow in keys", *bad, l->service);
+                return buf;
+        }
+        if (l->key_no_control && has_control(key)) {
+                snprintf(buf, len, "holds a control character, which %s does not allow in keys",
+                         l->service);
+                return buf;
+        }
+        return NULL;
+}
+
+bool twin_limits_key_is_valid(const TwinLimits *limits, const char *key)
+{
+        char buf[128];
+
+        if (!limits)
+                limits = &twin_limits_standard;
+        return key && key[0] != '\0' && key[0] != '$' &&
+               !key_problem(limits, key, buf, sizeof(buf));
+}
+
+/* Checks a scalar value against the limits' string and integer rules. */
+static int check_value(const TwinLimits *l, const json_t *v, const PathSegment *segs, size_t n,
+                       char *err, size_t errlen)
 {
         char path[256];
-        int r;
 
-        if (depth > TWIN_MAX_DEPTH) {
+        if (l->max_string_bytes && json_is_string(v) &&
+            json_string_length(v) > l->max_string_bytes) {
                 path_format(segs, n, path, sizeof(path));
                 return set_err(-EINVAL, err, errlen,
-                               "objects and arrays nest more than %d levels deep at %s",
-                               TWIN_MAX_DEPTH, path);
+                               "the string at %s is %zu bytes, %s allows at most %zu", path,
+                               json_string_length(v), l->service, l->max_string_bytes);
+        }
+        if (l->integer_range && json_is_integer(v) &&
+            (json_integer_value(v) < l->integer_min || json_integer_value(v) > l->integer_max)) {
+                path_format(segs, n, path, sizeof(path));
+                return set_err(-EINVAL, err, errlen,
+                               "the integer at %s is outside the range %s allows (%" PRId64
+                               " to %" PRId64 ")",
+                               path, l->service, l->integer_min, l->integer_max);
+        }
+        return 0;
+}
+
+/* Walks a container at nesting level depth (the document is level 1), refusing '$' keys,
+ * nesting past the limit and what else the limits forbid. segs holds the path to v (n entries,
+ * room for max_depth). */
+static int check_container(const TwinLimits *l, const json_t *v, unsigned depth, PathSegment *segs,
+                           size_t n, bool allow_version, char *err, size_t errlen)
+{
+        char path[256], why[128];
+        int r;
+
+        if (depth > l->max_depth) {
+                path_format(segs, n, path, sizeof(path));
+                return set_err(-EINVAL, err, errlen,
+                               "objects and arrays nest more than %u levels deep at %s",
+                               l->max_depth, path);
         }
 
         if (json_is_object(v)) {
@@ -105,7 +193,9 @@ static int check_container(const json_t *v, unsigned depth, PathSegment *segs, s
                 json_t *child;
 
                 json_object_foreach ((json_t *)v, key, child) {
-                        if (key[0] == '$' && !(allow_version && strcmp(key, "$version") == 0)) {
+                        bool version = allow_version && strcmp(key, "$version") == 0;
+
+                        if (key[0] == '$' && !version) {
                                 if (n == 0)
                                         return set_err(-EINVAL, err, errlen,
                                                        "property key \"%.*s\" begins with '$'",
@@ -115,10 +205,24 @@ static int check_container(const json_t *v, unsigned depth, PathSegment *segs, s
                                                "property key \"%.*s\" at %s begins with '$'",
                                                QUOTE_MAX, key, path);
                         }
-                        if (!json_is_object(child) && !json_is_array(child))
-                                continue;
+                        if (!version && key_problem(l, key, why, sizeof(why))) {
+                                if (n == 0)
+                                        return set_err(-EINVAL, err, errlen,
+                                                       "property key \"%.*s\" %s", QUOTE_MAX, key,
+                                                       why);
+                                path_format(segs, n, path, sizeof(path));
+                                return set_err(-EINVAL, err, errlen,
+                                               "property key \"%.*s\" at %s %s", QUOTE_MAX, key,
+                                               path, why);
+                        }
                         segs[n] = (PathSegment){ .key = key };
-                        r = check_container(child, depth + 1, segs, n + 1, false, err, errlen);
+                        if (!json_is_object(child) && !json_is_array(child)) {
+                                r = version ? 0 : check_value(l, child, segs, n + 1, err, errlen);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        r = check_container(l, child, depth + 1, segs, n + 1, false, err, errlen);
                         if (r < 0)
                                 return r;
                 }
@@ -127,10 +231,14 @@ static int check_container(const json_t *v, unsigned depth, PathSegment *segs, s
                 json_t *child;
 
                 json_array_foreach (v, i, child) {
-                        if (!json_is_object(child) && !json_is_array(child))
-                                continue;
                         segs[n] = (PathSegment){ .index = i };
-                        r = check_container(child, depth + 1, segs, n + 1, false, err, errlen);
+                        if (!json_is_object(child) && !json_is_array(child)) {
+                                r = check_value(l, child, segs, n + 1, err, errlen);
+                                if (r < 0)
+                                        return r;
+                                continue;
+                        }
+                        r = check_container(l, child, depth + 1, segs, n + 1, false, err, errlen);
                         if (r < 0)
                                 return r;
                 }
@@ -182,11 +290,12 @@ static int version_err(const json_t *v, char *err, size_t errlen)
                        json_type_name(v), QUOTE_MAX, dump);
 }
 
-int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *ret_version,
-                       char *err, size_t errlen)
+int twin_desired_parse(const void *payload, size_t len, const TwinLimits *limits, json_t **ret,
+                       int64_t *ret_version, char *err, size_t errlen)
 {
+        const TwinLimits *l = limits ? limits : &twin_limits_standard;
         _cleanup_json_ json_t *doc = NULL;
-        PathSegment segs[TWIN_MAX_DEPTH];
+        _cleanup_free_ PathSegment *segs = NULL;
         json_error_t jerr;
         const json_t *v;
         size_t off;
@@ -199,9 +308,9 @@ int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *r
 
         /* Checked before parsing, so the reasons are ours and precise, and jansson never sees
          * more than the limit. */
-        if (len > TWIN_DESIRED_MAX_BYTES)
-                return set_err(-E2BIG, err, errlen, "desired document is %zu bytes, limit %d", len,
-                               TWIN_DESIRED_MAX_BYTES);
+        if (len > l->max_bytes)
+                return set_err(-E2BIG, err, errlen, "desired document is %zu bytes, limit %zu", len,
+                               l->max_bytes);
         if (len == 0)
                 return set_err(-EINVAL, err, errlen, "desired document is empty");
         if (memchr(payload, '\0', len)) {
@@ -220,8 +329,8 @@ int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *r
                         return -ENOMEM;
                 case json_error_stack_overflow:
                         return set_err(-EINVAL, err, errlen,
-                                       "objects and arrays nest more than %d levels deep",
-                                       TWIN_MAX_DEPTH);
+                                       "objects and arrays nest more than %u levels deep",
+                                       l->max_depth);
                 default:
                         return set_err(
                             -EINVAL, err, errlen,
@@ -242,7 +351,10 @@ int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *r
         if (ret_version)
                 *ret_version = json_integer_value(v);
 
-        r = check_container(doc, 1, segs, 0, true, err, errlen);
+        segs = calloc(l->max_depth + 1, sizeof(*segs));
+        if (!segs)
+                return -ENOMEM;
+        r = check_container(l, doc, 1, segs, 0, true, err, errlen);
         if (r < 0)
                 return r;
 
@@ -250,14 +362,19 @@ int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *r
         return 0;
 }
 
-int twin_properties_validate(const json_t *props, char *err, size_t errlen)
+int twin_properties_validate(const json_t *props, const TwinLimits *limits, char *err,
+                             size_t errlen)
 {
-        PathSegment segs[TWIN_MAX_DEPTH];
+        const TwinLimits *l = limits ? limits : &twin_limits_standard;
+        _cleanup_free_ PathSegment *segs = NULL;
 
         if (!json_is_object(props))
                 return set_err(-EINVAL, err, errlen, "properties are %s, not an object",
                                props ? json_type_name(props) : "missing");
-        return check_container(props, 1, segs, 0, false, err, errlen);
+        segs = calloc(l->max_depth + 1, sizeof(*segs));
+        if (!segs)
+                return -ENOMEM;
+        return check_container(l, props, 1, segs, 0, false, err, errlen);
 }
 
 int64_t twin_document_version(const json_t *doc)

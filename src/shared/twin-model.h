@@ -19,6 +19,33 @@
 /* Longest JSON number we accept as $version: a non-negative integer that fits in int64. */
 #define TWIN_VERSION_MAX INT64_MAX
 
+/*
+ * What a twin service accepts in a document, beyond the protocol's own rules (JSON object,
+ * UTF-8 without NUL, no '$' keys but the top-level "$version"). docs/protocol.md lists each
+ * dialect's limits; the agent refuses a desired document that breaks them and never sends a
+ * report that would.
+ */
+typedef struct TwinLimits {
+        const char *service;     /* for messages: "the broker protocol", "IoT Hub", "AWS IoT" */
+        size_t max_bytes;        /* the whole document as sent */
+        unsigned max_depth;      /* nesting of objects and arrays; the document is level 1 */
+        size_t max_key_bytes;    /* 0: no limit */
+        const char *key_refused; /* characters no key may hold; NULL: none */
+        bool key_no_control;     /* no C0 or C1 control characters, nor DEL, in keys */
+        size_t max_string_bytes; /* 0: no limit */
+        bool integer_range;      /* integers must lie within [integer_min, integer_max] */
+        int64_t integer_min, integer_max;
+} TwinLimits;
+
+/* The standard dialect's limits (as Azure IoT Hub has them for sizes): 32 KiB, depth 10. */
+extern const TwinLimits twin_limits_standard;
+/* IoT Hub's twin rules: keys up to 1 KB without '.', '$', space or control characters, strings
+ * up to 4 KB, integers within +-2^52, depth 10, 32 KiB. */
+extern const TwinLimits twin_limits_azure;
+
+/* Whether key is a valid property key under limits (not empty, no leading '$'). */
+bool twin_limits_key_is_valid(const TwinLimits *limits, const char *key);
+
 /* Whether id is 1..128 characters of A-Z a-z 0-9 - . _ : */
 bool twin_device_id_is_valid(const char *id);
 
@@ -27,20 +54,23 @@ bool twin_device_id_is_valid(const char *id);
 bool twin_topic_root_is_valid(const char *root);
 
 /*
- * Parses and validates a desired document received from the broker: at most
- * TWIN_DESIRED_MAX_BYTES, valid UTF-8 without NUL, a JSON object, nesting at most
- * TWIN_MAX_DEPTH, "$version" a non-negative integer, no property key (at any depth) starting
- * with '$' other than the top-level "$version". On success stores the document in *ret and
- * returns 0. On failure returns -EINVAL (or -E2BIG for size, -ENOMEM) and writes a one-line
- * reason that names the problem into err; when the $version could still be read it is stored in
- * *ret_version, otherwise *ret_version is set to -1. The size is checked first: when len exceeds
- * the limit, payload is not read at all (the agent keeps only the length of such a document).
+ * Parses and validates a desired document received from the broker under limits (NULL:
+ * twin_limits_standard): at most limits->max_bytes, valid UTF-8 without NUL, a JSON object,
+ * nesting at most limits->max_depth, "$version" a non-negative integer, no property key (at any
+ * depth) starting with '$' other than the top-level "$version", and the limits' key, string and
+ * integer rules. On success stores the document in *ret and returns 0. On failure returns
+ * -EINVAL (or -E2BIG for size, -ENOMEM) and writes a one-line reason that names the problem
+ * into err; when the $version could still be read it is stored in *ret_version, otherwise
+ * *ret_version is set to -1. The size is checked first: when len exceeds the limit, payload is
+ * not read at all (the agent keeps only the length of such a document).
  */
-int twin_desired_parse(const void *payload, size_t len, json_t **ret, int64_t *ret_version,
-                       char *err, size_t errlen);
+int twin_desired_parse(const void *payload, size_t len, const TwinLimits *limits, json_t **ret,
+                       int64_t *ret_version, char *err, size_t errlen);
 
-/* Validates a property object (no '$' keys at any depth, depth limit); same error contract. */
-int twin_properties_validate(const json_t *props, char *err, size_t errlen);
+/* Validates a property object under limits (NULL: twin_limits_standard): no '$' keys at any
+ * depth, the depth, key, string and integer rules (not the size); same error contract. */
+int twin_properties_validate(const json_t *props, const TwinLimits *limits, char *err,
+                             size_t errlen);
 
 /* Returns the "$version" of a document, or -1 if absent or not a non-negative integer. */
 int64_t twin_document_version(const json_t *doc);

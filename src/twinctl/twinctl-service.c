@@ -539,7 +539,7 @@ static int parse_pairs(int n, char **pairs, json_t **ret, bool *ret_has_config_i
                         return -ENOMEM;
                 }
                 /* The same rules the device applies, checked before touching the broker. */
-                if (twin_properties_validate(patch, err, sizeof err) < 0) {
+                if (twin_properties_validate(patch, NULL, err, sizeof err) < 0) {
                         json_decref(patch);
                         log_error("'%s': %s", key, err);
                         return -EINVAL;
@@ -787,7 +787,8 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         if (!payload)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
         /* Never publish what the device would refuse (size and depth limits). */
-        r = twin_desired_parse(payload, strlen(payload), &parsed, &parsed_version, err, sizeof err);
+        r = twin_desired_parse(payload, strlen(payload), NULL, &parsed, &parsed_version, err,
+                               sizeof err);
         if (r < 0) {
                 log_error("refusing to publish the new desired document of %s: %s", s.device_id,
                           err);

@@ -5,19 +5,103 @@
 #include <fcntl.h>
 #include <ini.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include "broker-url.h"
 #include "log.h"
+#include "secret-file.h"
+#include "strv.h"
 #include "twin-model.h"
+#include "twind-dialect.h"
 
-#define PASSWORD_MAX_BYTES 4096
 #define USEC_PER_MSEC      UINT64_C(1000)
 #define USEC_PER_SEC       UINT64_C(1000000)
 #define APPLY_TIMEOUT_MAX  (UINT64_C(24) * 3600 * USEC_PER_SEC)
+#define TOKEN_LIFETIME_MIN (UINT64_C(5) * USEC_PER_SEC)
+/* IoT Hub accepts tokens of any lifetime; a year is far more than a device needs between
+ * renewals and keeps the expiry arithmetic far from overflow. */
+#define TOKEN_LIFETIME_MAX (UINT64_C(365) * 24 * 3600 * USEC_PER_SEC)
+
+/* ---- the keys -------------------------------------------------------------------------------- */
+
+typedef struct ConfigKey ConfigKey;
+
+/* Parses value into the field at field; on error writes what is wrong (after "[s] k: ") to err. */
+typedef int (*ConfigParser)(const ConfigKey *k, const char *value, void *field, char *err,
+                            size_t errlen);
+
+struct ConfigKey {
+        const char *section;
+        const char *name;
+        ConfigParser parse;
+        size_t offset;
+        /* The default, as text for the parser; NULL: unset. An empty value in a file restores
+         * it. */
+        const char *def;
+        uint64_t min, max; /* ranges of numbers (in the field's unit) */
+};
+
+static int parse_string(const ConfigKey *k, const char *value, void *field, char *err,
+                        size_t errlen);
+static int parse_seconds(const ConfigKey *k, const char *value, void *field, char *err,
+                         size_t errlen);
+static int parse_time_span(const ConfigKey *k, const char *value, void *field, char *err,
+                           size_t errlen);
+static int parse_dialect(const ConfigKey *k, const char *value, void *field, char *err,
+                         size_t errlen);
+
+#define KEY(s, n, p, f, ...)                                                                       \
+        {                                                                                          \
+                .section = s, .name = n, .parse = p, .offset = offsetof(TwindConfig, f),           \
+                __VA_ARGS__                                                                        \
+        }
+
+static const ConfigKey config_keys[_TWIND_KEY_MAX] = {
+        [TWIND_KEY_BROKER_DIALECT] =
+            KEY("broker", "dialect", parse_dialect, dialect, .def = "standard"),
+        [TWIND_KEY_BROKER_URL] =
+            KEY("broker", "url", parse_string, broker_url, .def = TWIND_BROKER_URL_DEFAULT),
+        [TWIND_KEY_BROKER_USERNAME] = KEY("broker", "username", parse_string, username),
+        [TWIND_KEY_BROKER_PASSWORD_FILE] =
+            KEY("broker", "password_file", parse_string, password_file),
+        [TWIND_KEY_BROKER_CAFILE] = KEY("broker", "cafile", parse_string, cafile),
+        [TWIND_KEY_BROKER_CERTFILE] = KEY("broker", "certfile", parse_string, certfile),
+        [TWIND_KEY_BROKER_KEYFILE] = KEY("broker", "keyfile", parse_string, keyfile),
+        [TWIND_KEY_BROKER_KEEPALIVE] = KEY("broker", "keepalive", parse_seconds, keepalive,
+                                           .def = "60", .min = 5, .max = 3600),
+        [TWIND_KEY_BROKER_TOPIC_ROOT] =
+            KEY("broker", "topic_root", parse_string, topic_root, .def = TWIN_TOPIC_ROOT_DEFAULT),
+        [TWIND_KEY_DEVICE_ID] = KEY("device", "id", parse_string, device_id),
+        [TWIND_KEY_APPLY_COMMAND] = KEY("apply", "command", parse_string, apply_command),
+        [TWIND_KEY_APPLY_TIMEOUT] = KEY("apply", "timeout", parse_time_span, apply_timeout_usec,
+                                        .def = "60s", .min = 1, .max = APPLY_TIMEOUT_MAX),
+        [TWIND_KEY_STATE_DIRECTORY] =
+            KEY("state", "directory", parse_string, state_dir, .def = TWIND_STATE_DIR_DEFAULT),
+        [TWIND_KEY_CONTROL_SOCKET] = KEY("control", "socket", parse_string, control_socket,
+                                         .def = TWIND_CONTROL_SOCKET_DEFAULT),
+        [TWIND_KEY_AZURE_CONNECTION_STRING_FILE] =
+            KEY("azure", "connection_string_file", parse_string, azure_connection_string_file),
+        [TWIND_KEY_AZURE_TOKEN_LIFETIME] =
+            KEY("azure", "token_lifetime", parse_time_span, azure_token_lifetime_usec, .def = "1h",
+                .min = TOKEN_LIFETIME_MIN, .max = TOKEN_LIFETIME_MAX),
+        [TWIND_KEY_AZURE_STATUS_PROPERTY] = KEY("azure", "status_property", parse_string,
+                                                azure_status_property, .def = "twinStatus"),
+};
+
+static void *key_field(TwindConfig *c, enum TwindConfigKey k)
+{
+        return (char *)c + config_keys[k].offset;
+}
+
+static bool key_is_string(enum TwindConfigKey k)
+{
+        return config_keys[k].parse == parse_string || config_keys[k].parse == parse_dialect;
+}
 
 int twind_config_set_string(char **field, const char *value)
 {
@@ -33,46 +117,42 @@ int twind_config_set_string(char **field, const char *value)
         return 0;
 }
 
-int twind_config_new(TwindConfig **ret)
+static int parse_string(const ConfigKey *k, const char *value, void *field, char *err,
+                        size_t errlen)
 {
-        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        return twind_config_set_string(field, value);
+}
 
-        c = calloc(1, sizeof(*c));
-        if (!c)
-                return -ENOMEM;
-        c->keepalive = TWIND_KEEPALIVE_DEFAULT;
-        c->apply_timeout_usec = (uint64_t)TWIND_APPLY_TIMEOUT_DEFAULT * USEC_PER_SEC;
-        if (twind_config_set_string(&c->broker_url, TWIND_BROKER_URL_DEFAULT) < 0 ||
-            twind_config_set_string(&c->topic_root, TWIN_TOPIC_ROOT_DEFAULT) < 0 ||
-            twind_config_set_string(&c->state_dir, TWIND_STATE_DIR_DEFAULT) < 0 ||
-            twind_config_set_string(&c->control_socket, TWIND_CONTROL_SOCKET_DEFAULT) < 0)
-                return -ENOMEM;
-        *ret = TAKE_PTR(c);
+static int parse_dialect(const ConfigKey *k, const char *value, void *field, char *err,
+                         size_t errlen)
+{
+        if (!twin_dialect_exists(value)) {
+                snprintf(err, errlen, "'%s' is not a dialect (%s)", value, twin_dialect_names());
+                return -EINVAL;
+        }
+        return twind_config_set_string(field, value);
+}
+
+static int parse_seconds(const ConfigKey *k, const char *value, void *field, char *err,
+                         size_t errlen)
+{
+        unsigned long v;
+        char *end;
+
+        errno = 0;
+        v = strtoul(value, &end, 10);
+        if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 || v < k->min ||
+            v > k->max) {
+                snprintf(err, errlen, "'%s' is not a number of seconds between %llu and %llu",
+                         value, (unsigned long long)k->min, (unsigned long long)k->max);
+                return -EINVAL;
+        }
+        *(unsigned *)field = (unsigned)v;
         return 0;
 }
 
-TwindConfig *twind_config_free(TwindConfig *c)
-{
-        if (!c)
-                return NULL;
-        free(c->path);
-        free(c->broker_url);
-        free(c->username);
-        free(c->password_file);
-        free(c->cafile);
-        free(c->certfile);
-        free(c->keyfile);
-        free(c->topic_root);
-        free(c->device_id);
-        free(c->apply_command);
-        free(c->state_dir);
-        free(c->control_socket);
-        free(c);
-        return NULL;
-}
-
-/* Plain seconds, or systemd-style spans such as "90s", "2min", "1m 30s", "500ms". */
-static int parse_time_span(const char *s, uint64_t *ret)
+/* Plain seconds, or systemd-style spans such as "90s", "2min", "1m 30s", "500ms", at most max. */
+static int time_span_from_string(const char *s, uint64_t max, uint64_t *ret)
 {
         static const struct {
                 const char *suffix;
@@ -95,6 +175,9 @@ static int parse_time_span(const char *s, uint64_t *ret)
                 { "hour", 3600 * USEC_PER_SEC },
                 { "hr", 3600 * USEC_PER_SEC },
                 { "h", 3600 * USEC_PER_SEC },
+                { "days", 86400 * USEC_PER_SEC },
+                { "day", 86400 * USEC_PER_SEC },
+                { "d", 86400 * USEC_PER_SEC },
         };
         uint64_t total = 0;
         const char *p = s;
@@ -113,7 +196,7 @@ static int parse_time_span(const char *s, uint64_t *ret)
                         return -EINVAL;
                 errno = 0;
                 n = strtoull(p, &end, 10);
-                if (errno != 0 || n > APPLY_TIMEOUT_MAX)
+                if (errno != 0 || n > max)
                         return -ERANGE;
                 p = end;
                 p += strspn(p, " \t");
@@ -130,7 +213,7 @@ static int parse_time_span(const char *s, uint64_t *ret)
                 /* A bare number is seconds, but only as the last component ("1m 30"). */
                 if (i == ARRAY_SIZE(units) && *p != '\0')
                         return -EINVAL;
-                if ((uint64_t)n > (APPLY_TIMEOUT_MAX - total) / unit)
+                if ((uint64_t)n > (max - total) / unit)
                         return -ERANGE;
                 total += (uint64_t)n * unit;
                 any = true;
@@ -141,13 +224,151 @@ static int parse_time_span(const char *s, uint64_t *ret)
         return 0;
 }
 
+/* "24h", "5s", "365d": a limit for people. */
+static void format_span(uint64_t usec, char buf[static 32])
+{
+        if (usec % (86400 * USEC_PER_SEC) == 0 && usec >= 2 * 86400 * USEC_PER_SEC)
+                snprintf(buf, 32, "%llud", (unsigned long long)(usec / (86400 * USEC_PER_SEC)));
+        else if (usec % (3600 * USEC_PER_SEC) == 0)
+                snprintf(buf, 32, "%lluh", (unsigned long long)(usec / (3600 * USEC_PER_SEC)));
+        else if (usec % USEC_PER_SEC == 0)
+                snprintf(buf, 32, "%llus", (unsigned long long)(usec / USEC_PER_SEC));
+        else
+                snprintf(buf, 32, "%lluus", (unsigned long long)usec);
+}
+
+static int parse_time_span(const ConfigKey *k, const char *value, void *field, char *err,
+                           size_t errlen)
+{
+        uint64_t usec;
+
+        if (time_span_from_string(value, k->max, &usec) < 0 || usec < k->min) {
+                char lo[32], hi[32];
+
+                format_span(k->max, hi);
+                if (k->min <= 1)
+                        snprintf(err, errlen,
+                                 "'%s' is not a time span above 0 and at most %s (such as 60, "
+                                 "90s, 2min, 1m30s)",
+                                 value, hi);
+                else {
+                        format_span(k->min, lo);
+                        snprintf(err, errlen,
+                                 "'%s' is not a time span from %s to %s (such as 90s, 30min, "
+                                 "1h)",
+                                 value, lo, hi);
+                }
+                return -EINVAL;
+        }
+        *(uint64_t *)field = usec;
+        return 0;
+}
+
+/* Sets key k from value with its parser (the default for an empty value). */
+static int key_set(TwindConfig *c, enum TwindConfigKey k, const char *value, char *err,
+                   size_t errlen)
+{
+        const ConfigKey *key = &config_keys[k];
+
+        if (value[0] == '\0') {
+                if (!key->def)
+                        return twind_config_set_string(key_field(c, k), NULL);
+                value = key->def;
+        }
+        return key->parse(key, value, key_field(c, k), err, errlen);
+}
+
+static int key_find(const char *section, const char *name)
+{
+        for (int k = 0; k < _TWIND_KEY_MAX; k++)
+                if (strcmp(config_keys[k].section, section) == 0 &&
+                    strcmp(config_keys[k].name, name) == 0)
+                        return k;
+        return -1;
+}
+
+static bool section_is_known(const char *s)
+{
+        for (int k = 0; k < _TWIND_KEY_MAX; k++)
+                if (strcmp(config_keys[k].section, s) == 0)
+                        return true;
+        return false;
+}
+
+int twind_config_new(TwindConfig **ret)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[256];
+        int r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        for (int k = 0; k < _TWIND_KEY_MAX; k++)
+                if (config_keys[k].def) {
+                        r = config_keys[k].parse(&config_keys[k], config_keys[k].def,
+                                                 key_field(c, k), err, sizeof(err));
+                        if (r < 0)
+                                return r;
+                }
+        *ret = TAKE_PTR(c);
+        return 0;
+}
+
+TwindConfig *twind_config_free(TwindConfig *c)
+{
+        if (!c)
+                return NULL;
+        for (int k = 0; k < _TWIND_KEY_MAX; k++)
+                if (key_is_string(k))
+                        free(*(char **)key_field(c, k));
+        free(c->path);
+        strv_free(c->files);
+        free(c);
+        return NULL;
+}
+
+const char *twind_config_where(const TwindConfig *c, enum TwindConfigKey key, char *buf, size_t len)
+{
+        const TwindConfigOrigin *o = &c->origin[key];
+
+        if (o->option)
+                snprintf(buf, len, "%s", o->option);
+        else if (o->file)
+                snprintf(buf, len, "%s:%u: [%s] %s", o->file, o->line, config_keys[key].section,
+                         config_keys[key].name);
+        else
+                snprintf(buf, len, "[%s] %s", config_keys[key].section, config_keys[key].name);
+        return buf;
+}
+
+int twind_config_set_option(TwindConfig *c, enum TwindConfigKey key, const char *option,
+                            const char *value, char *err, size_t errlen)
+{
+        char reason[256] = "";
+        int r;
+
+        r = key_set(c, key, value, reason, sizeof(reason));
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                snprintf(err, errlen, "%s: %s", option, reason);
+                return r;
+        }
+        c->origin[key] = (TwindConfigOrigin){ .option = option };
+        return 0;
+}
+
+/* ---- reading a file -------------------------------------------------------------------------- */
+
 typedef struct ParseContext {
         TwindConfig *config;
-        const char *path;
+        const char *path; /* the copy in config->files */
         FILE *f;
         unsigned line;     /* counted exactly as inih counts: one per reader call */
         unsigned err_line; /* first error we detected ourselves, 0 none */
         int err_errno;     /* a read error, 0 none */
+        bool oom;
         char *err;
         size_t errlen;
 } ParseContext;
@@ -169,12 +390,6 @@ static void ctx_error(ParseContext *ctx, const char *fmt, ...)
         va_start(ap, fmt);
         vsnprintf(ctx->err + k, ctx->errlen - (size_t)k, fmt, ap);
         va_end(ap);
-}
-
-static bool section_is_known(const char *s)
-{
-        return strcmp(s, "broker") == 0 || strcmp(s, "device") == 0 || strcmp(s, "apply") == 0 ||
-               strcmp(s, "state") == 0 || strcmp(s, "control") == 0;
 }
 
 /*
@@ -231,19 +446,11 @@ static char *config_reader(char *str, int num, void *stream)
         return str;
 }
 
-/* Empty value: clear an optional setting, or restore the default of one that has a default. */
-static int set_string_or_default(char **field, const char *value, const char *def)
-{
-        return twind_config_set_string(field, value[0] ? value : def);
-}
-
 static int config_handler(void *user, const char *section, const char *name, const char *value)
 {
         ParseContext *ctx = user;
-        TwindConfig *c = ctx->config;
-        char **field = NULL;
-        const char *def = NULL;
-        int r;
+        char reason[256] = "";
+        int k, r;
 
         if (section[0] == '\0') {
                 ctx_error(ctx, "key '%s' outside of any section", name);
@@ -254,100 +461,30 @@ static int config_handler(void *user, const char *section, const char *name, con
                 ctx_error(ctx, "unknown section [%s]", section);
                 return 0;
         }
-
-        if (strcmp(section, "broker") == 0) {
-                if (strcmp(name, "url") == 0) {
-                        field = &c->broker_url;
-                        def = TWIND_BROKER_URL_DEFAULT;
-                } else if (strcmp(name, "username") == 0)
-                        field = &c->username;
-                else if (strcmp(name, "password_file") == 0)
-                        field = &c->password_file;
-                else if (strcmp(name, "cafile") == 0)
-                        field = &c->cafile;
-                else if (strcmp(name, "certfile") == 0)
-                        field = &c->certfile;
-                else if (strcmp(name, "keyfile") == 0)
-                        field = &c->keyfile;
-                else if (strcmp(name, "topic_root") == 0) {
-                        field = &c->topic_root;
-                        def = TWIN_TOPIC_ROOT_DEFAULT;
-                } else if (strcmp(name, "keepalive") == 0) {
-                        unsigned long v;
-                        char *end;
-
-                        if (value[0] == '\0') {
-                                c->keepalive = TWIND_KEEPALIVE_DEFAULT;
-                                return 1;
-                        }
-                        errno = 0;
-                        v = strtoul(value, &end, 10);
-                        if (value[0] < '0' || value[0] > '9' || *end != '\0' || errno != 0 ||
-                            v < 5 || v > 3600) {
-                                ctx_error(ctx,
-                                          "[broker] keepalive: '%s' is not a number of seconds "
-                                          "between 5 and 3600",
-                                          value);
-                                return 0;
-                        }
-                        c->keepalive = (unsigned)v;
-                        return 1;
-                }
-        } else if (strcmp(section, "device") == 0) {
-                if (strcmp(name, "id") == 0)
-                        field = &c->device_id;
-        } else if (strcmp(section, "apply") == 0) {
-                if (strcmp(name, "command") == 0)
-                        field = &c->apply_command;
-                else if (strcmp(name, "timeout") == 0) {
-                        uint64_t usec;
-
-                        if (value[0] == '\0') {
-                                c->apply_timeout_usec =
-                                    (uint64_t)TWIND_APPLY_TIMEOUT_DEFAULT * USEC_PER_SEC;
-                                return 1;
-                        }
-                        if (parse_time_span(value, &usec) < 0 || usec == 0) {
-                                ctx_error(ctx,
-                                          "[apply] timeout: '%s' is not a time span above 0 and "
-                                          "at most 24h (such as 60, 90s, 2min, 1m30s)",
-                                          value);
-                                return 0;
-                        }
-                        c->apply_timeout_usec = usec;
-                        return 1;
-                }
-        } else if (strcmp(section, "state") == 0) {
-                if (strcmp(name, "directory") == 0) {
-                        field = &c->state_dir;
-                        def = TWIND_STATE_DIR_DEFAULT;
-                }
-        } else if (strcmp(section, "control") == 0) {
-                if (strcmp(name, "socket") == 0) {
-                        field = &c->control_socket;
-                        def = TWIND_CONTROL_SOCKET_DEFAULT;
-                }
-        }
-
-        if (!field) {
+        k = key_find(section, name);
+        if (k < 0) {
                 ctx_error(ctx, "unknown key '%s' in section [%s]", name, section);
                 return 0;
         }
-        r = set_string_or_default(field, value, def);
-        if (r < 0) {
+        r = key_set(ctx->config, k, value, reason, sizeof(reason));
+        if (r == -ENOMEM) {
+                ctx->oom = true;
                 ctx_error(ctx, "out of memory");
                 return 0;
         }
+        if (r < 0) {
+                ctx_error(ctx, "[%s] %s: %s", section, name, reason);
+                return 0;
+        }
+        ctx->config->origin[k] = (TwindConfigOrigin){ .file = ctx->path, .line = ctx->line };
         return 1;
 }
 
 /* Opens path for reading and refuses anything but a regular file. O_NONBLOCK because a FIFO
- * would otherwise block the open (and then the read) until a writer appears, and these files
- * are read again on SIGHUP, on the agent's loop. label prefixes the path in err ("password file
- * "). Returns the fd, or a negative errno (-EISDIR / -EINVAL when not a regular file) with err
- * set. */
-static int open_regular_file(const char *path, const char *label, struct stat *ret_st, char *err,
-                             size_t errlen)
+ * would otherwise block the open (and then the read) until a writer appears, and the file is
+ * read again on SIGHUP, on the agent's loop. Returns the fd, or a negative errno (-EISDIR /
+ * -EINVAL when not a regular file) with err set. */
+static int open_regular_file(const char *path, char *err, size_t errlen)
 {
         _cleanup_close_ int fd = -1;
         struct stat st;
@@ -357,24 +494,44 @@ static int open_regular_file(const char *path, const char *label, struct stat *r
         if (fd < 0) {
                 r = negative_errno();
                 if (err)
-                        snprintf(err, errlen, "cannot open %s%s: %s", label, path, strerror(-r));
+                        snprintf(err, errlen, "cannot open %s: %s", path, strerror(-r));
                 return r;
         }
         if (fstat(fd, &st) < 0) {
                 r = negative_errno();
                 if (err)
-                        snprintf(err, errlen, "cannot stat %s%s: %s", label, path, strerror(-r));
+                        snprintf(err, errlen, "cannot stat %s: %s", path, strerror(-r));
                 return r;
         }
         if (!S_ISREG(st.st_mode)) {
                 if (err)
-                        snprintf(err, errlen, "%s%s is not a regular file", label, path);
+                        snprintf(err, errlen, "%s is not a regular file", path);
                 return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
         }
-        /* O_NONBLOCK has no effect on a regular file; nothing to undo. */
-        if (ret_st)
-                *ret_st = st;
         return TAKE_FD(fd);
+}
+
+/* Keeps a copy of path in c->files for the origins; returns the copy. */
+static const char *config_add_file(TwindConfig *c, const char *path)
+{
+        size_t n = strv_length(c->files);
+        char **l, *copy;
+
+        for (size_t i = 0; i < n; i++)
+                if (strcmp(c->files[i], path) == 0)
+                        return c->files[i];
+        copy = strdup(path);
+        if (!copy)
+                return NULL;
+        l = realloc(c->files, (n + 2) * sizeof(char *));
+        if (!l) {
+                free(copy);
+                return NULL;
+        }
+        l[n] = copy;
+        l[n + 1] = NULL;
+        c->files = l;
+        return copy;
 }
 
 int twind_config_load_file(TwindConfig *c, const char *path, bool required, char *err,
@@ -382,7 +539,6 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
 {
         ParseContext ctx = {
                 .config = c,
-                .path = path,
                 .err = err,
                 .errlen = errlen,
         };
@@ -392,7 +548,7 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
         if (err && errlen > 0)
                 err[0] = '\0';
 
-        fd = open_regular_file(path, "", NULL, err, errlen);
+        fd = open_regular_file(path, err, errlen);
         if (fd < 0) {
                 if (fd == -ENOENT && !required) {
                         if (err && errlen > 0)
@@ -401,6 +557,9 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
                 }
                 return fd;
         }
+        ctx.path = config_add_file(c, path);
+        if (!ctx.path)
+                return -ENOMEM;
         ctx.f = fdopen(fd, "re");
         if (!ctx.f) {
                 r = negative_errno();
@@ -418,7 +577,7 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
                         snprintf(err, errlen, "cannot read %s: %s", path, strerror(ctx.err_errno));
                 return -ctx.err_errno;
         }
-        if (r == -2) {
+        if (r == -2 || ctx.oom) {
                 if (err)
                         snprintf(err, errlen, "%s: out of memory", path);
                 return -ENOMEM;
@@ -435,107 +594,137 @@ int twind_config_load_file(TwindConfig *c, const char *path, bool required, char
         return twind_config_set_string(&c->path, path);
 }
 
-static int verify_error(char *err, size_t errlen, const char *fmt, ...) _printf_(3, 4);
-static int verify_error(char *err, size_t errlen, const char *fmt, ...)
-{
-        va_list ap;
+/* ---- checking the whole -------------------------------------------------------------------- */
 
-        if (err && errlen > 0) {
-                va_start(ap, fmt);
-                vsnprintf(err, errlen, fmt, ap);
-                va_end(ap);
-        }
+/* Writes "WHERE: reason" for key into err; returns -EINVAL. */
+static int key_error(const TwindConfig *c, enum TwindConfigKey key, char *err, size_t errlen,
+                     const char *fmt, ...) _printf_(5, 6);
+static int key_error(const TwindConfig *c, enum TwindConfigKey key, char *err, size_t errlen,
+                     const char *fmt, ...)
+{
+        char where[600];
+        va_list ap;
+        int k;
+
+        if (!err || errlen == 0)
+                return -EINVAL;
+        k = snprintf(err, errlen, "%s: ", twind_config_where(c, key, where, sizeof(where)));
+        if (k < 0 || (size_t)k >= errlen)
+                return -EINVAL;
+        va_start(ap, fmt);
+        vsnprintf(err + k, errlen - (size_t)k, fmt, ap);
+        va_end(ap);
         return -EINVAL;
+}
+
+static bool is_set(const char *s)
+{
+        return s && s[0] != '\0';
 }
 
 int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
 {
         BrokerUrl url = { 0 };
         char reason[256] = "";
+        bool standard = strcmp(c->dialect, "standard") == 0;
+        bool azure = strcmp(c->dialect, "azure") == 0;
         int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
 
-        if (!c->device_id || c->device_id[0] == '\0')
-                return verify_error(err, errlen,
-                                    "[device] id: missing (set it in %s or pass --device-id)",
-                                    c->path ? c->path : TWIND_CONFIG_PATH_DEFAULT);
-        if (!twin_device_id_is_valid(c->device_id))
-                return verify_error(err, errlen,
-                                    "[device] id: '%s' is not a valid device id (1 to %d "
-                                    "characters of A-Z a-z 0-9 - . _ :)",
-                                    c->device_id, TWIN_DEVICE_ID_MAX);
+        /* The Azure dialect takes the device id from the connection string when none is set
+         * (twin_dialect_prepare_config() fills it in). */
+        if (!is_set(c->device_id) && !azure)
+                return key_error(c, TWIND_KEY_DEVICE_ID, err, errlen,
+                                 "missing (set it in %s or pass --device-id)",
+                                 c->path ? c->path : TWIND_CONFIG_PATH_DEFAULT);
+        if (is_set(c->device_id) && !twin_device_id_is_valid(c->device_id))
+                return key_error(c, TWIND_KEY_DEVICE_ID, err, errlen,
+                                 "'%s' is not a valid device id (1 to %d characters of A-Z a-z "
+                                 "0-9 - . _ :)",
+                                 c->device_id, TWIN_DEVICE_ID_MAX);
 
-        if (!c->broker_url || c->broker_url[0] == '\0')
-                return verify_error(err, errlen, "[broker] url: missing");
-        r = broker_url_parse(c->broker_url, &url, reason, sizeof reason);
-        broker_url_done(&url);
-        if (r == -ENOMEM) {
-                verify_error(err, errlen, "out of memory");
-                return -ENOMEM;
+        if (!azure) {
+                if (!is_set(c->broker_url))
+                        return key_error(c, TWIND_KEY_BROKER_URL, err, errlen, "missing");
+                r = broker_url_parse(c->broker_url, &url, reason, sizeof reason);
+                broker_url_done(&url);
+                if (r == -ENOMEM) {
+                        snprintf(err, errlen, "out of memory");
+                        return -ENOMEM;
+                }
+                /* broker_url_parse's reason already quotes the URL. */
+                if (r < 0)
+                        return key_error(c, TWIND_KEY_BROKER_URL, err, errlen, "%s",
+                                         reason[0] ? reason : "not a valid broker address");
         }
-        /* broker_url_parse's reason already quotes the URL. */
-        if (r < 0 && reason[0])
-                return verify_error(err, errlen, "[broker] url: %s", reason);
-        if (r < 0)
-                return verify_error(err, errlen, "[broker] url: '%s' is not a valid broker address",
-                                    c->broker_url);
 
-        if (!c->topic_root || !twin_topic_root_is_valid(c->topic_root))
-                return verify_error(err, errlen,
-                                    "[broker] topic_root: '%s' is not a valid topic root "
-                                    "(non-empty, no '+' or '#', no leading or trailing '/')",
-                                    c->topic_root ? c->topic_root : "");
+        if (standard && (!c->topic_root || !twin_topic_root_is_valid(c->topic_root)))
+                return key_error(c, TWIND_KEY_BROKER_TOPIC_ROOT, err, errlen,
+                                 "'%s' is not a valid topic root (non-empty, no '+' or '#', no "
+                                 "leading or trailing '/')",
+                                 c->topic_root ? c->topic_root : "");
 
-        if (c->password_file && !c->username)
-                return verify_error(err, errlen,
-                                    "[broker] password_file: set without username (MQTT sends a "
-                                    "password only with a username)");
-        if (c->certfile && !c->keyfile)
-                return verify_error(err, errlen,
-                                    "[broker] certfile: set without keyfile (a client "
-                                    "certificate needs both)");
-        if (c->keyfile && !c->certfile)
-                return verify_error(err, errlen,
-                                    "[broker] keyfile: set without certfile (a client "
-                                    "certificate needs both)");
+        if (is_set(c->password_file) && !is_set(c->username))
+                return key_error(c, TWIND_KEY_BROKER_PASSWORD_FILE, err, errlen,
+                                 "set without username (MQTT sends a password only with a "
+                                 "username)");
+        if (is_set(c->certfile) && !is_set(c->keyfile))
+                return key_error(c, TWIND_KEY_BROKER_CERTFILE, err, errlen,
+                                 "set without keyfile (a client certificate needs both)");
+        if (is_set(c->keyfile) && !is_set(c->certfile))
+                return key_error(c, TWIND_KEY_BROKER_KEYFILE, err, errlen,
+                                 "set without certfile (a client certificate needs both)");
 
-        if (c->keepalive < 5 || c->keepalive > 3600)
-                return verify_error(err, errlen,
-                                    "[broker] keepalive: %u is not a number of seconds between 5 "
-                                    "and 3600",
-                                    c->keepalive);
-        if (c->apply_timeout_usec == 0 || c->apply_timeout_usec > APPLY_TIMEOUT_MAX)
-                return verify_error(err, errlen,
-                                    "[apply] timeout: must be above 0 and at most 24h");
+        if (is_set(c->apply_command)) {
+                _cleanup_strv_free_ char **argv = NULL;
+
+                r = strv_split_command(c->apply_command, &argv);
+                if (r == -ENOMEM)
+                        return r;
+                if (r < 0)
+                        return key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen,
+                                         "cannot split '%s' into words (an unterminated quote "
+                                         "or a trailing backslash)",
+                                         c->apply_command);
+                /* No search through $PATH: which program runs must not depend on the
+                 * environment the agent was started in. */
+                if (argv[0][0] != '/')
+                        return key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen,
+                                         "'%s' is not an absolute path", argv[0]);
+        }
 
         if (!c->state_dir || c->state_dir[0] != '/')
-                return verify_error(err, errlen, "[state] directory: '%s' is not an absolute path",
-                                    c->state_dir ? c->state_dir : "");
+                return key_error(c, TWIND_KEY_STATE_DIRECTORY, err, errlen,
+                                 "'%s' is not an absolute path", c->state_dir ? c->state_dir : "");
         if (!c->control_socket || c->control_socket[0] != '/')
-                return verify_error(err, errlen, "[control] socket: '%s' is not an absolute path",
-                                    c->control_socket ? c->control_socket : "");
+                return key_error(c, TWIND_KEY_CONTROL_SOCKET, err, errlen,
+                                 "'%s' is not an absolute path",
+                                 c->control_socket ? c->control_socket : "");
         if (strlen(c->control_socket) >= sizeof(((struct sockaddr_un *)NULL)->sun_path))
-                return verify_error(err, errlen,
-                                    "[control] socket: '%s' is too long for a socket path (at "
-                                    "most %zu characters)",
-                                    c->control_socket,
-                                    sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+                return key_error(c, TWIND_KEY_CONTROL_SOCKET, err, errlen,
+                                 "'%s' is too long for a socket path (at most %zu characters)",
+                                 c->control_socket,
+                                 sizeof(((struct sockaddr_un *)NULL)->sun_path) - 1);
+
+        if (azure && !is_set(c->azure_connection_string_file))
+                return key_error(c, TWIND_KEY_AZURE_CONNECTION_STRING_FILE, err, errlen,
+                                 "missing: the azure dialect needs the device's connection "
+                                 "string");
+        if (azure && !twin_limits_key_is_valid(&twin_limits_azure, c->azure_status_property))
+                return key_error(c, TWIND_KEY_AZURE_STATUS_PROPERTY, err, errlen,
+                                 "'%s' is not a valid IoT Hub property name",
+                                 c->azure_status_property);
         return 0;
 }
 
-static void erase_and_free(char *p, size_t n)
-{
-        if (p) {
-                explicit_bzero(p, n);
-                free(p);
-        }
-}
+/* ---- files ----------------------------------------------------------------------------------- */
 
 /* A relative name is a systemd credential (LoadCredential=NAME:...): the file of that name in
  * $CREDENTIALS_DIRECTORY. An absolute path is used as it is (*ret NULL). */
-static int credential_path(const char *key, const char *value, char **ret, char *err, size_t errlen)
+static int credential_path(const TwindConfig *c, enum TwindConfigKey key, const char *value,
+                           char **ret, char *err, size_t errlen)
 {
         const char *creds;
 
@@ -544,11 +733,10 @@ static int credential_path(const char *key, const char *value, char **ret, char 
                 return 0;
         creds = getenv("CREDENTIALS_DIRECTORY");
         if (!creds || creds[0] == '\0')
-                return verify_error(err, errlen,
-                                    "[broker] %s: '%s' is a relative name but "
-                                    "$CREDENTIALS_DIRECTORY is not set (give an absolute "
-                                    "path, or use LoadCredential= in the unit)",
-                                    key, value);
+                return key_error(c, key, err, errlen,
+                                 "'%s' is a relative name but $CREDENTIALS_DIRECTORY is not set "
+                                 "(give an absolute path, or use LoadCredential= in the unit)",
+                                 value);
         if (asprintf(ret, "%s/%s", creds, value) < 0) {
                 *ret = NULL;
                 return -ENOMEM;
@@ -558,99 +746,144 @@ static int credential_path(const char *key, const char *value, char **ret, char 
 
 int twind_config_resolve_credentials(TwindConfig *c, char *err, size_t errlen)
 {
-        struct {
-                const char *key;
-                char **field;
-        } files[] = {
-                { "cafile", &c->cafile },
-                { "certfile", &c->certfile },
-                { "keyfile", &c->keyfile },
+        static const enum TwindConfigKey files[] = {
+                TWIND_KEY_BROKER_CAFILE,
+                TWIND_KEY_BROKER_CERTFILE,
+                TWIND_KEY_BROKER_KEYFILE,
         };
         int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
         for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+                char **field = key_field(c, files[i]);
                 char *path;
 
-                if (!*files[i].field || (*files[i].field)[0] == '\0')
+                if (!is_set(*field))
                         continue;
-                r = credential_path(files[i].key, *files[i].field, &path, err, errlen);
+                r = credential_path(c, files[i], *field, &path, err, errlen);
                 if (r < 0)
                         return r;
                 if (path) {
-                        free(*files[i].field);
-                        *files[i].field = path;
+                        free(*field);
+                        *field = path;
                 }
         }
         return 0;
 }
 
-int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size_t errlen)
+int twind_config_read_secret(const TwindConfig *c, enum TwindConfigKey key, const char *label,
+                             char **ret, char *err, size_t errlen)
 {
         _cleanup_free_ char *joined = NULL;
-        _cleanup_close_ int fd = -1;
-        const char *path;
-        char *buf = NULL;
-        size_t len = 0;
+        const char *value = *(char *const *)key_field((TwindConfig *)c, key), *path;
         struct stat st;
         int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
-
-        if (!c->password_file || c->password_file[0] == '\0') {
+        if (!is_set(value)) {
                 *ret = NULL;
                 return 0;
         }
-
-        r = credential_path("password_file", c->password_file, &joined, err, errlen);
+        r = credential_path(c, key, value, &joined, err, errlen);
         if (r < 0)
                 return r;
-        path = joined ? joined : c->password_file;
-
-        fd = open_regular_file(path, "password file ", &st, err, errlen);
-        if (fd < 0)
-                return fd;
+        path = joined ? joined : value;
+        r = secret_file_read(path, label, ret, &st, err, errlen);
+        if (r < 0)
+                return r;
         if (st.st_mode & S_IRWXO)
-                log_warning("password file %s is readable by others; chmod 600 it", path);
+                log_warning("%s %s is readable by others; chmod 600 it", label, path);
+        return 0;
+}
 
-        /* One byte more than allowed, to tell "exactly at the limit" from "too large". */
-        buf = malloc(PASSWORD_MAX_BYTES + 2);
-        if (!buf)
-                return -ENOMEM;
-        while (len < PASSWORD_MAX_BYTES + 1) {
-                ssize_t n = read(fd, buf + len, PASSWORD_MAX_BYTES + 1 - len);
-                if (n < 0) {
-                        if (errno == EINTR)
-                                continue;
-                        r = negative_errno();
-                        erase_and_free(buf, PASSWORD_MAX_BYTES + 2);
-                        if (err)
-                                snprintf(err, errlen, "cannot read password file %s: %s", path,
-                                         strerror(-r));
-                        return r;
-                }
-                if (n == 0)
-                        break;
-                len += (size_t)n;
+int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size_t errlen)
+{
+        return twind_config_read_secret(c, TWIND_KEY_BROKER_PASSWORD_FILE, "password file", ret,
+                                        err, errlen);
+}
+
+/* Whether the user running this may read path; an error in err naming key otherwise. */
+static int check_readable(const TwindConfig *c, enum TwindConfigKey key, const char *what,
+                          char *err, size_t errlen)
+{
+        const char *value = *(char *const *)key_field((TwindConfig *)c, key);
+        _cleanup_free_ char *joined = NULL;
+        const char *path;
+        struct stat st;
+        int r;
+
+        if (!is_set(value))
+                return 0;
+        r = credential_path(c, key, value, &joined, err, errlen);
+        if (r < 0)
+                return r;
+        path = joined ? joined : value;
+        if (stat(path, &st) < 0) {
+                r = negative_errno();
+                key_error(c, key, err, errlen, "cannot use %s %s: %s", what, path, strerror(-r));
+                return r;
         }
-        if (len > PASSWORD_MAX_BYTES) {
-                erase_and_free(buf, PASSWORD_MAX_BYTES + 2);
-                if (err)
-                        snprintf(err, errlen, "password file %s is larger than %d bytes", path,
-                                 PASSWORD_MAX_BYTES);
-                return -E2BIG;
-        }
-        if (len > 0 && buf[len - 1] == '\n')
-                len--;
-        if (memchr(buf, '\0', len)) {
-                erase_and_free(buf, PASSWORD_MAX_BYTES + 2);
-                if (err)
-                        snprintf(err, errlen, "password file %s contains a NUL byte", path);
+        if (!S_ISREG(st.st_mode)) {
+                key_error(c, key, err, errlen, "%s %s is not a regular file", what, path);
                 return -EINVAL;
         }
-        buf[len] = '\0';
-        *ret = buf;
+        if (faccessat(AT_FDCWD, path, R_OK, AT_EACCESS) < 0) {
+                r = negative_errno();
+                key_error(c, key, err, errlen, "cannot read %s %s: %s", what, path, strerror(-r));
+                return r;
+        }
+        return 0;
+}
+
+int twind_config_check_files(const TwindConfig *c, char *err, size_t errlen)
+{
+        static const struct {
+                enum TwindConfigKey key;
+                const char *what;
+        } files[] = {
+                { TWIND_KEY_BROKER_PASSWORD_FILE, "password file" },
+                { TWIND_KEY_BROKER_CAFILE, "CA file" },
+                { TWIND_KEY_BROKER_CERTFILE, "client certificate" },
+                { TWIND_KEY_BROKER_KEYFILE, "client key" },
+                { TWIND_KEY_AZURE_CONNECTION_STRING_FILE, "connection string file" },
+        };
+        int r;
+
+        if (err && errlen > 0)
+                err[0] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+                r = check_readable(c, files[i].key, files[i].what, err, errlen);
+                if (r < 0)
+                        return r;
+        }
+        if (is_set(c->apply_command)) {
+                _cleanup_strv_free_ char **argv = NULL;
+                struct stat st;
+
+                r = strv_split_command(c->apply_command, &argv);
+                if (r < 0)
+                        return r == -ENOMEM ? r
+                                            : key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen,
+                                                        "cannot split '%s'", c->apply_command);
+                if (stat(argv[0], &st) < 0) {
+                        r = negative_errno();
+                        key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen, "%s: %s", argv[0],
+                                  strerror(-r));
+                        return r;
+                }
+                if (!S_ISREG(st.st_mode)) {
+                        key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen,
+                                  "%s is not a regular file", argv[0]);
+                        return -EINVAL;
+                }
+                if (faccessat(AT_FDCWD, argv[0], X_OK, AT_EACCESS) < 0) {
+                        r = negative_errno();
+                        key_error(c, TWIND_KEY_APPLY_COMMAND, err, errlen,
+                                  "%s is not executable by this user: %s", argv[0], strerror(-r));
+                        return r;
+                }
+        }
         return 0;
 }

@@ -2,9 +2,12 @@
 #pragma once
 
 /* twind's configuration: /etc/twind/twind.conf (INI, parsed by libinih), then command-line
- * overrides. Every key is described in man/twind.conf.5.scd. */
+ * overrides. The keys are rows of one table in twind-conf.c (section, name, parser, field,
+ * default); every key is described in man/twind.conf.5.scd. Each value remembers where it came
+ * from (file and line, or the command-line option), so that every error names it. */
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "macro.h"
@@ -16,10 +19,42 @@
 #define TWIND_KEEPALIVE_DEFAULT      60
 #define TWIND_APPLY_TIMEOUT_DEFAULT  60 /* seconds */
 
+/* One per key of the table in twind-conf.c, in its order. */
+enum TwindConfigKey {
+        TWIND_KEY_BROKER_DIALECT,
+        TWIND_KEY_BROKER_URL,
+        TWIND_KEY_BROKER_USERNAME,
+        TWIND_KEY_BROKER_PASSWORD_FILE,
+        TWIND_KEY_BROKER_CAFILE,
+        TWIND_KEY_BROKER_CERTFILE,
+        TWIND_KEY_BROKER_KEYFILE,
+        TWIND_KEY_BROKER_KEEPALIVE,
+        TWIND_KEY_BROKER_TOPIC_ROOT,
+        TWIND_KEY_DEVICE_ID,
+        TWIND_KEY_APPLY_COMMAND,
+        TWIND_KEY_APPLY_TIMEOUT,
+        TWIND_KEY_STATE_DIRECTORY,
+        TWIND_KEY_CONTROL_SOCKET,
+        TWIND_KEY_AZURE_CONNECTION_STRING_FILE,
+        TWIND_KEY_AZURE_TOKEN_LIFETIME,
+        TWIND_KEY_AZURE_STATUS_PROPERTY,
+        _TWIND_KEY_MAX,
+};
+
+/* Where a value came from: a line of a file, a command-line option, or the default. */
+typedef struct TwindConfigOrigin {
+        const char *file; /* borrowed from TwindConfig.files; NULL: not from a file */
+        unsigned line;
+        const char *option; /* static; NULL: not from the command line */
+} TwindConfigOrigin;
+
 typedef struct TwindConfig {
-        char *path; /* the file it came from, NULL when none was read */
+        char *path;   /* the last file read, NULL when none was */
+        char **files; /* every file read (strv), for origins */
+        TwindConfigOrigin origin[_TWIND_KEY_MAX];
 
         /* [broker] */
+        char *dialect; /* "standard", "azure", ...: see twin_dialect_exists() */
         char *broker_url;
         char *username;
         char *password_file;
@@ -41,13 +76,18 @@ typedef struct TwindConfig {
 
         /* [control] */
         char *control_socket;
+
+        /* [azure] */
+        char *azure_connection_string_file;
+        uint64_t azure_token_lifetime_usec;
+        char *azure_status_property;
 } TwindConfig;
 
 /* Defaults only. Returns 0 or -ENOMEM. */
 int twind_config_new(TwindConfig **ret);
 
 /*
- * Reads path into c, key by key over the defaults. A missing file is -ENOENT when required is
+ * Reads path into c, key by key over what is there. A missing file is -ENOENT when required is
  * true and ignored otherwise; anything but a regular file (a FIFO would block) is -EISDIR or
  * -EINVAL. Unknown sections or keys, bad values, and syntax errors are -EINVAL with one line in
  * err naming the file, the line, the key and what is wrong.
@@ -55,9 +95,25 @@ int twind_config_new(TwindConfig **ret);
 int twind_config_load_file(TwindConfig *c, const char *path, bool required, char *err,
                            size_t errlen);
 
+/* Sets key from the command-line option named option ("--device-id"), parsed as a value in the
+ * file would be. Returns 0, -ENOMEM, or -EINVAL with one line in err naming the option. */
+int twind_config_set_option(TwindConfig *c, enum TwindConfigKey key, const char *option,
+                            const char *value, char *err, size_t errlen);
+
 /* Checks the whole configuration after overrides (device id present and valid, URL parses, ...).
- * Returns 0 or -EINVAL with one line in err. */
+ * Returns 0 or -EINVAL with one line in err that starts with where the value came from. */
 int twind_config_verify(const TwindConfig *c, char *err, size_t errlen);
+
+/* Checks what a start would need from the file system, for --check-config: the apply command
+ * exists and is executable, the password, CA, certificate and key files (and a dialect's own
+ * files) can be read, all by the user running the check. Returns 0 or a negative errno with
+ * one line in err naming the key, its origin and the file. */
+int twind_config_check_files(const TwindConfig *c, char *err, size_t errlen);
+
+/* Writes where key's value came from into buf: "FILE:LINE: [section] key", "--option", or
+ * "[section] key" for a default. Returns buf. */
+const char *twind_config_where(const TwindConfig *c, enum TwindConfigKey key, char *buf,
+                               size_t len);
 
 /* Replaces *field with a copy of value (NULL clears). Returns 0 or -ENOMEM. */
 int twind_config_set_string(char **field, const char *value);
@@ -66,10 +122,13 @@ int twind_config_set_string(char **field, const char *value);
  * (a systemd credential, as for password_file). Returns 0 or -EINVAL with one line in err. */
 int twind_config_resolve_credentials(TwindConfig *c, char *err, size_t errlen);
 
-/* Reads the password file named by the configuration (credential-aware: a relative name is
- * looked up in $CREDENTIALS_DIRECTORY). Strips one trailing newline. Warns when the file is
- * readable by others. Refuses anything but a regular file. Returns 0 with *ret NULL when none is
- * configured. */
+/* Reads the secret file that key names (credential-aware: a relative name is looked up in
+ * $CREDENTIALS_DIRECTORY), with secret_file_read(). Warns when the file is readable by others.
+ * Returns 0 with *ret NULL when the key is unset; wipe *ret with secret_free(). */
+int twind_config_read_secret(const TwindConfig *c, enum TwindConfigKey key, const char *label,
+                             char **ret, char *err, size_t errlen);
+
+/* twind_config_read_secret() of [broker] password_file. */
 int twind_config_read_password(const TwindConfig *c, char **ret, char *err, size_t errlen);
 
 TwindConfig *twind_config_free(TwindConfig *c);

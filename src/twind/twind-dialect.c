@@ -1,39 +1,68 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * The standard-MQTT twin dialect of docs/protocol.md: {root}/{id}/desired (subscribed),
- * {root}/{id}/reported and {root}/{id}/connection (published, retained, QoS 1), with the
- * connection document doubling as the MQTT will.
+ * The dialect seam: the table of dialects, and what every dialect shares: the MQTT connection's
+ * callbacks (handed to the ops), the SUBACK check, the clean shutdown.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "config.h"
-#include "json-util.h"
 #include "log.h"
-#include "mqtt-client.h"
-#include "twin-model.h"
-#include "twind-dialect.h"
+#include "twind-dialect-impl.h"
 
-#define OFFLINE_DOCUMENT "{\"state\":\"offline\"}"
-
-struct TwinDialect {
-        uv_loop_t *loop;
-        MqttClient *client;
-        TwinDialectCallbacks cb;
-        void *userdata;
-
-        char *topic_desired;
-        char *topic_reported;
-        char *topic_connection;
-
-        /* Clean shutdown: offline published, then DISCONNECT, then done(); or the deadline. */
-        uv_timer_t *shutdown_timer;
-        void (*shutdown_done)(void *userdata);
-        void *shutdown_userdata;
-        int offline_mid;
-        bool shutting_down;
+static const TwinDialectImpl *const dialects[] = {
+        &twind_dialect_standard,
+#if HAVE_DIALECT_AZURE
+        &twind_dialect_azure,
+#endif
 };
+
+static const TwinDialectImpl *dialect_find(const char *name)
+{
+        for (size_t i = 0; name && i < ARRAY_SIZE(dialects); i++)
+                if (strcmp(dialects[i]->name, name) == 0)
+                        return dialects[i];
+        return NULL;
+}
+
+bool twin_dialect_exists(const char *name)
+{
+        return dialect_find(name) != NULL;
+}
+
+const char *twin_dialect_names(void)
+{
+        static char names[128];
+
+        if (!names[0])
+                for (size_t i = 0; i < ARRAY_SIZE(dialects); i++)
+                        snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s",
+                                 i ? ", " : "", dialects[i]->name);
+        return names;
+}
+
+int twin_dialect_prepare_config(TwindConfig *c, char *err, size_t errlen)
+{
+        const TwinDialectImpl *impl = dialect_find(c->dialect);
+
+        if (!impl) {
+                snprintf(err, errlen, "[broker] dialect: '%s' is not a dialect (%s)", c->dialect,
+                         twin_dialect_names());
+                return -EINVAL;
+        }
+        return impl->prepare_config ? impl->prepare_config(c, err, errlen) : 0;
+}
+
+/* ---- the connection's callbacks -------------------------------------------------------------- */
+
+static void dialect_forget_subscriptions(TwinDialect *d)
+{
+        for (size_t i = 0; i < d->n_subscriptions; i++)
+                free(d->subscriptions[i].topic);
+        d->n_subscriptions = 0;
+}
 
 static void dialect_finish_shutdown(TwinDialect *d)
 {
@@ -50,26 +79,9 @@ static void dialect_finish_shutdown(TwinDialect *d)
 static void on_connected(MqttClient *c, void *userdata)
 {
         TwinDialect *d = userdata;
-        char since[32], agent[64];
-        _cleanup_free_ char *online = NULL;
-        int r;
 
-        r = mqtt_client_subscribe(c, d->topic_desired, 1, NULL);
-        if (r < 0)
-                log_warning_errno(r, "Failed to subscribe to %s, ignoring", d->topic_desired);
-
-        twin_format_time(-1, since);
-        snprintf(agent, sizeof(agent), "twind %s", TWIND_VERSION);
-        _cleanup_json_ json_t *doc =
-            json_pack("{s:s, s:s, s:s}", "state", "online", "since", since, "agent", agent);
-        online = doc ? json_dumps_compact(doc) : NULL;
-        if (online) {
-                r = mqtt_client_publish(c, d->topic_connection, online, strlen(online), 1, true,
-                                        NULL);
-                if (r < 0)
-                        log_warning_errno(r, "Failed to publish connection state, ignoring");
-        }
-
+        dialect_forget_subscriptions(d);
+        d->impl->connected(d);
         if (d->cb.connected)
                 d->cb.connected(d, d->userdata);
 }
@@ -79,10 +91,13 @@ static void on_disconnected(MqttClient *c, int error, const char *reason, uint64
 {
         TwinDialect *d = userdata;
 
+        dialect_forget_subscriptions(d);
         if (d->shutting_down) {
                 dialect_finish_shutdown(d);
                 return;
         }
+        if (d->impl->disconnected)
+                d->impl->disconnected(d);
         if (d->cb.disconnected)
                 d->cb.disconnected(d, error, reason, retry_in_ms, d->userdata);
 }
@@ -92,97 +107,174 @@ static void on_message(MqttClient *c, const char *topic, const void *payload, si
 {
         TwinDialect *d = userdata;
 
-        if (strcmp(topic, d->topic_desired) != 0)
-                return;
-        if (len == 0) {
-                /* An empty retained payload is how MQTT deletes a retained message: the service
-                 * side removed the desired document. */
-                if (d->cb.desired_removed && !d->shutting_down)
-                        d->cb.desired_removed(d, d->userdata);
-                return;
-        }
-        if (d->cb.desired && !d->shutting_down)
-                d->cb.desired(d, payload, len, d->userdata);
+        if (!d->shutting_down)
+                d->impl->message(d, topic, payload, len);
 }
 
 static void on_published(MqttClient *c, int mid, void *userdata)
 {
         TwinDialect *d = userdata;
-        int r;
 
-        if (d->shutting_down && mid == d->offline_mid) {
-                r = mqtt_client_disconnect(c);
-                if (r < 0)
+        if (d->shutting_down) {
+                if (mid == d->goodbye_mid && mqtt_client_disconnect(c) < 0)
                         dialect_finish_shutdown(d);
+                return;
         }
+        if (d->impl->published)
+                d->impl->published(d, mid);
 }
 
-static int make_topic(char **ret, const char *root, const char *device_id, const char *leaf)
+static void on_subscribed(MqttClient *c, int mid, size_t n_granted, const int *granted,
+                          void *userdata)
 {
-        if (asprintf(ret, "%s/%s/%s", root, device_id, leaf) < 0) {
-                *ret = NULL;
-                return -ENOMEM;
-        }
-        return 0;
+        TwinDialect *d = userdata;
+        bool ok = n_granted > 0;
+        size_t i;
+
+        for (size_t k = 0; k < n_granted; k++)
+                if (granted[k] == MQTT_SUBSCRIBE_REFUSED || granted[k] < 0 || granted[k] > 2)
+                        ok = false;
+        for (i = 0; i < d->n_subscriptions; i++)
+                if (d->subscriptions[i].mid == mid)
+                        break;
+        if (i == d->n_subscriptions)
+                return; /* not ours, or from a connection before this one */
+        if (!ok && !d->shutting_down)
+                dialect_emit_problem(d, -EACCES,
+                                     "%s refused the subscription to %s (not authorised for it?)",
+                                     mqtt_client_address(d->client), d->subscriptions[i].topic);
+        free(d->subscriptions[i].topic);
+        d->subscriptions[i] = d->subscriptions[--d->n_subscriptions];
+        if (d->impl->subscribed && !d->shutting_down)
+                d->impl->subscribed(d, mid, ok);
 }
 
-int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwinDialectOptions *opts,
-                     const TwinDialectCallbacks *cb, void *userdata, char *err, size_t errlen)
+static int on_credentials(MqttClient *c, char **ret_username, char **ret_password, char *err,
+                          size_t errlen, void *userdata)
 {
-        static const MqttClientCallbacks mqtt_callbacks = {
+        TwinDialect *d = userdata;
+
+        return d->impl->credentials(d, ret_username, ret_password, err, errlen);
+}
+
+/* ---- for the dialects ------------------------------------------------------------------------ */
+
+void dialect_init(TwinDialect *d, const TwinDialectImpl *impl, const TwinDialectSetup *setup)
+{
+        d->impl = impl;
+        d->loop = setup->loop;
+        d->cb = *setup->cb;
+        d->userdata = setup->userdata;
+        d->goodbye_mid = -1;
+}
+
+int dialect_client_new(TwinDialect *d, const MqttClientOptions *o, char *err, size_t errlen)
+{
+        static const MqttClientCallbacks callbacks = {
                 .connected = on_connected,
                 .disconnected = on_disconnected,
                 .message = on_message,
                 .published = on_published,
+                .subscribed = on_subscribed,
         };
-        _cleanup_(twin_dialect_freep) TwinDialect *d = NULL;
-        _cleanup_free_ char *client_id = NULL;
+        MqttClientCallbacks cb = callbacks;
+
+        if (d->impl->credentials)
+                cb.credentials = on_credentials;
+        return mqtt_client_new(&d->client, d->loop, o, &cb, d, err, errlen);
+}
+
+int dialect_set_fingerprint(TwinDialect *d, size_t n, const char *const *settings)
+{
+        _cleanup_free_ char *buf = NULL;
+        size_t size = 0;
+        FILE *f;
         int r;
 
-        if (!twin_device_id_is_valid(opts->device_id)) {
-                snprintf(err, errlen, "invalid device id '%s'", opts->device_id);
+        f = open_memstream(&buf, &size);
+        if (!f)
+                return -ENOMEM;
+        fprintf(f, "%s", d->impl->name);
+        for (size_t i = 0; i < n; i++) {
+                /* Lengths first, so that no two lists of settings give the same text. */
+                if (settings[i])
+                        fprintf(f, "\n%zu:%s", strlen(settings[i]), settings[i]);
+                else
+                        fputs("\n-", f);
+        }
+        if (fclose(f) != 0)
+                return -ENOMEM;
+        r = twin_digest(buf, size, d->fingerprint);
+        explicit_bzero(buf, size);
+        return r;
+}
+
+int dialect_subscribe(TwinDialect *d, const char *topic, int qos, int *ret_mid)
+{
+        char *copy;
+        int mid, r;
+
+        if (d->n_subscriptions >= DIALECT_SUBSCRIPTIONS_MAX)
+                return -ENOBUFS;
+        copy = strdup(topic);
+        if (!copy)
+                return -ENOMEM;
+        r = mqtt_client_subscribe(d->client, topic, qos, &mid);
+        if (r < 0) {
+                free(copy);
+                return r;
+        }
+        d->subscriptions[d->n_subscriptions].mid = mid;
+        d->subscriptions[d->n_subscriptions++].topic = copy;
+        if (ret_mid)
+                *ret_mid = mid;
+        return 0;
+}
+
+void dialect_emit_desired(TwinDialect *d, const void *payload, size_t len)
+{
+        if (d->cb.desired && !d->shutting_down)
+                d->cb.desired(d, payload, len, d->userdata);
+}
+
+void dialect_emit_desired_removed(TwinDialect *d)
+{
+        if (d->cb.desired_removed && !d->shutting_down)
+                d->cb.desired_removed(d, d->userdata);
+}
+
+void dialect_emit_problem(TwinDialect *d, int error, const char *fmt, ...)
+{
+        char message[512];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(message, sizeof(message), fmt, ap);
+        va_end(ap);
+        if (d->cb.problem && !d->shutting_down)
+                d->cb.problem(d, error, message, d->userdata);
+}
+
+/* ---- the interface ----------------------------------------------------------------------------
+ */
+
+int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwindConfig *c,
+                     const TwinDialectCallbacks *cb, void *userdata, char *err, size_t errlen)
+{
+        const TwinDialectImpl *impl = dialect_find(c->dialect);
+        TwinDialectSetup setup = {
+                .loop = loop,
+                .config = c,
+                .cb = cb,
+                .userdata = userdata,
+        };
+
+        if (!impl) {
+                snprintf(err, errlen, "'%s' is not a dialect (%s)", c->dialect,
+                         twin_dialect_names());
                 return -EINVAL;
         }
-
-        d = calloc(1, sizeof(*d));
-        if (!d)
-                return -ENOMEM;
-        d->loop = loop;
-        d->cb = *cb;
-        d->userdata = userdata;
-        d->offline_mid = -1;
-
-        if (make_topic(&d->topic_desired, opts->topic_root, opts->device_id, "desired") < 0 ||
-            make_topic(&d->topic_reported, opts->topic_root, opts->device_id, "reported") < 0 ||
-            make_topic(&d->topic_connection, opts->topic_root, opts->device_id, "connection") < 0)
-                return -ENOMEM;
-
-        /* One session per device: the device id is the MQTT client id, so a second agent for the
-         * same device takes the session over instead of both answering. */
-        client_id = strdup(opts->device_id);
-        if (!client_id)
-                return -ENOMEM;
-
-        MqttClientOptions mo = {
-                .url = opts->url,
-                .client_id = client_id,
-                .username = opts->username,
-                .password = opts->password,
-                .cafile = opts->cafile,
-                .certfile = opts->certfile,
-                .keyfile = opts->keyfile,
-                .keepalive = opts->keepalive,
-                .will_topic = d->topic_connection,
-                .will_payload = OFFLINE_DOCUMENT,
-                .will_retain = true,
-                .reconnect = true,
-        };
-        r = mqtt_client_new(&d->client, loop, &mo, &mqtt_callbacks, d, err, errlen);
-        if (r < 0)
-                return r;
-
-        *ret = TAKE_PTR(d);
-        return 0;
+        return impl->new (ret, &setup, err, errlen);
 }
 
 int twin_dialect_start(TwinDialect *d)
@@ -190,16 +282,11 @@ int twin_dialect_start(TwinDialect *d)
         return mqtt_client_start(d->client);
 }
 
-int twin_dialect_publish_reported(TwinDialect *d, const char *json, size_t len)
+int twin_dialect_publish_reported(TwinDialect *d, const json_t *reported)
 {
         if (d->shutting_down)
                 return -ESHUTDOWN;
-        return mqtt_client_publish(d->client, d->topic_reported, json, len, 1, true, NULL);
-}
-
-bool twin_dialect_is_connected(const TwinDialect *d)
-{
-        return mqtt_client_is_connected(d->client);
+        return d->impl->publish_reported(d, reported);
 }
 
 const char *twin_dialect_address(const TwinDialect *d)
@@ -207,11 +294,27 @@ const char *twin_dialect_address(const TwinDialect *d)
         return mqtt_client_address(d->client);
 }
 
+const char *twin_dialect_name(const TwinDialect *d)
+{
+        return d->impl->name;
+}
+
+const TwinLimits *twin_dialect_limits(const TwinDialect *d)
+{
+        return d->impl->limits;
+}
+
+const char *twin_dialect_fingerprint(const TwinDialect *d)
+{
+        return d->fingerprint;
+}
+
 static void on_shutdown_timer(uv_timer_t *t)
 {
         TwinDialect *d = t->data;
 
-        log_warning("Broker did not acknowledge the offline state in time, disconnecting anyway");
+        log_warning("%s did not acknowledge the goodbye in time, disconnecting anyway",
+                    twin_dialect_address(d));
         dialect_finish_shutdown(d);
 }
 
@@ -223,7 +326,7 @@ static void on_timer_closed(uv_handle_t *h)
 int twin_dialect_shutdown(TwinDialect *d, uint64_t deadline_ms, void (*done)(void *userdata),
                           void *userdata)
 {
-        int r;
+        int r = -ENOENT;
 
         d->shutting_down = true;
         d->shutdown_done = done;
@@ -241,11 +344,10 @@ int twin_dialect_shutdown(TwinDialect *d, uint64_t deadline_ms, void (*done)(voi
                 dialect_finish_shutdown(d);
                 return 0;
         }
-
-        r = mqtt_client_publish(d->client, d->topic_connection, OFFLINE_DOCUMENT,
-                                strlen(OFFLINE_DOCUMENT), 1, true, &d->offline_mid);
-        if (r < 0) {
-                (void)mqtt_client_disconnect(d->client);
+        if (d->impl->goodbye)
+                r = d->impl->goodbye(d, &d->goodbye_mid);
+        /* Without a goodbye to wait for, the DISCONNECT goes now and its end is awaited. */
+        if (r < 0 && mqtt_client_disconnect(d->client) < 0) {
                 dialect_finish_shutdown(d);
                 return 0;
         }
@@ -258,12 +360,10 @@ TwinDialect *twin_dialect_free(TwinDialect *d)
         if (!d)
                 return NULL;
         d->shutdown_done = NULL;
-        mqtt_client_free(d->client);
+        d->client = mqtt_client_free(d->client);
         if (d->shutdown_timer)
                 uv_close((uv_handle_t *)d->shutdown_timer, on_timer_closed);
-        free(d->topic_desired);
-        free(d->topic_reported);
-        free(d->topic_connection);
-        free(d);
+        dialect_forget_subscriptions(d);
+        d->impl->free(d);
         return NULL;
 }

@@ -30,7 +30,6 @@ struct Manager {
         uv_loop_t *loop;
         TwindConfig *config;
         char **apply_argv; /* NULL: accept configurations as they are */
-        char *password;
 
         TwinState *state;
         /* The last reported $version published; state->reported_version is the reserved
@@ -55,6 +54,7 @@ struct Manager {
         bool reapply_queued;
 
         char *last_error;
+        char *problem; /* what the dialect says keeps the twin from working, until reconnected */
         uint64_t n_reconnects, n_applies, n_failures;
         uint64_t started_usec;
 
@@ -131,6 +131,11 @@ static void update_status_text(Manager *m)
                                         (m->retry_in_ms + 999) / 1000);
                 else
                         set_status_text(m, "connecting to %s", twin_dialect_address(m->dialect));
+                return;
+        }
+        if (m->problem) {
+                set_status_text(m, "connected to %s, but %s", twin_dialect_address(m->dialect),
+                                m->problem);
                 return;
         }
         cid = applied_config_id_string(m);
@@ -257,7 +262,6 @@ static void answer_desired(Manager *m, int64_t version, const char *digest, json
 static void publish_reported(Manager *m)
 {
         _cleanup_json_ json_t *doc = NULL;
-        _cleanup_free_ char *text = NULL;
         int64_t version = m->reported_version + 1;
         int r;
 
@@ -283,11 +287,10 @@ static void publish_reported(Manager *m)
         json_object_set_new(doc, "$version", json_integer(version));
         if (m->state->status)
                 json_object_set(doc, "$status", m->state->status);
-        text = json_dumps_compact(doc);
-        if (!text)
-                goto oom;
 
-        r = twin_dialect_publish_reported(m->dialect, text, strlen(text));
+        r = twin_dialect_publish_reported(m->dialect, doc);
+        if (r == -ENOMEM)
+                goto oom;
         if (r < 0) {
                 log_warning_errno(r, "Failed to publish the reported document, will publish it "
                                      "again on the next connect");
@@ -540,7 +543,8 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
         json_t *config_id;
         int r;
 
-        r = twin_desired_parse(payload, len, &doc, &version, err, sizeof(err));
+        r = twin_desired_parse(payload, len, twin_dialect_limits(m->dialect), &doc, &version, err,
+                               sizeof(err));
         if (r < 0) {
                 char what[64];
 
@@ -548,7 +552,7 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                         snprintf(err, sizeof(err), "out of memory");
                 /* A refused document is known by its bytes; an oversized one kept only its
                  * length (see on_desired()). */
-                if (len > TWIN_DESIRED_MAX_BYTES) {
+                if (len > twin_dialect_limits(m->dialect)->max_bytes) {
                         snprintf(what, sizeof(what), "oversized:%zu", len);
                         r = twin_digest(what, strlen(what), digest);
                 } else
@@ -617,6 +621,7 @@ static void on_connected(TwinDialect *d, void *userdata)
         m->connected = true;
         m->retry_in_ms = 0;
         m->connected_since = time(NULL);
+        free(TAKE_PTR(m->problem));
         log_info("Connected to %s as device %s", twin_dialect_address(d), device_id(m));
         /* The broker may have lost its store: it holds our reported document again. */
         publish_reported(m);
@@ -636,7 +641,11 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
         if (reason && error != 0)
                 set_last_error(m, reason);
 
-        if (was_connected || !m->ever_connected)
+        if (error == 0)
+                /* Asked for (new credentials): the next connection follows at once. */
+                log_info("Reconnecting to %s: %s", twin_dialect_address(d),
+                         reason ? reason : "renewing the connection");
+        else if (was_connected || !m->ever_connected)
                 log_warning("%s %s: %s; retrying in %" PRIu64 " s",
                             was_connected ? "Lost connection to" : "Cannot connect to",
                             twin_dialect_address(d), reason ? reason : "unknown reason",
@@ -647,6 +656,17 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
         update_status_text(m);
         if (was_connected)
                 emit_event(m, CONTROL_EVENT_DISCONNECTED, json_pack("{s:s?}", "reason", reason));
+}
+
+static void on_problem(TwinDialect *d, int error, const char *message, void *userdata)
+{
+        Manager *m = userdata;
+
+        log_error("%s", message);
+        set_last_error(m, message);
+        free(m->problem);
+        m->problem = strdup(message);
+        update_status_text(m);
 }
 
 /* Acts on the newest held document, unless an apply runs (it is then acted on when that ends). */
@@ -683,7 +703,7 @@ static void on_desired(TwinDialect *d, const void *payload, size_t len, void *us
 
         /* An oversized document is refused by its size alone: keep its length, not its bytes
          * (twin_desired_parse() reads nothing past the limit). */
-        bool oversized = len > TWIN_DESIRED_MAX_BYTES;
+        bool oversized = len > twin_dialect_limits(m->dialect)->max_bytes;
 
         if (events_wanted(m)) {
                 _cleanup_json_ json_t *peek = oversized ? NULL : json_loadb(payload, len, 0, NULL);
@@ -726,12 +746,9 @@ static void on_desired_removed(TwinDialect *d, void *userdata)
 
 /* ---- lifecycle --------------------------------------------------------------------------- */
 
-static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_argv,
-                                char **ret_password)
+static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_argv)
 {
         _cleanup_strv_free_ char **argv = NULL;
-        _cleanup_free_ char *password = NULL;
-        char err[512];
         int r;
 
         if (config->apply_command) {
@@ -740,42 +757,29 @@ static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_arg
                         return log_error_errno(r, "[apply] command: cannot split '%s'",
                                                config->apply_command);
         }
-        r = twind_config_read_password(config, &password, err, sizeof(err));
-        if (r < 0)
-                return log_error_errno(r, "%s", err);
-
         *ret_argv = TAKE_PTR(argv);
-        *ret_password = TAKE_PTR(password);
         return 0;
 }
 
-/* A broker connection for configuration c (not started). */
-static int manager_make_dialect(Manager *m, const TwindConfig *c, const char *password,
-                                TwinDialect **ret)
+/* The connection to the twin service for configuration c (not started). */
+static int manager_make_dialect(Manager *m, const TwindConfig *c, TwinDialect **ret)
 {
         static const TwinDialectCallbacks callbacks = {
                 .connected = on_connected,
                 .disconnected = on_disconnected,
                 .desired = on_desired,
                 .desired_removed = on_desired_removed,
+                .problem = on_problem,
         };
         char err[512] = "";
         int r;
 
-        TwinDialectOptions o = {
-                .url = c->broker_url,
-                .username = c->username,
-                .password = password,
-                .cafile = c->cafile,
-                .certfile = c->certfile,
-                .keyfile = c->keyfile,
-                .keepalive = (int)c->keepalive,
-                .topic_root = c->topic_root,
-                .device_id = c->device_id,
-        };
-        r = twin_dialect_new(ret, m->loop, &o, &callbacks, m, err, sizeof(err));
-        if (r < 0)
-                return log_error_errno(r, "Cannot set up the broker connection: %s", err);
+        r = twin_dialect_new(ret, m->loop, c, &callbacks, m, err, sizeof(err));
+        if (r < 0) {
+                log_error("Cannot set up the connection to the twin service: %s",
+                          err[0] ? err : strerror(-r));
+                return r;
+        }
         return 0;
 }
 
@@ -796,7 +800,7 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *
         m->reported_version = m->state->reported_version;
         m->started_usec = uv_hrtime() / 1000;
 
-        r = manager_setup_config(m, config, &m->apply_argv, &m->password);
+        r = manager_setup_config(m, config, &m->apply_argv);
         if (r < 0)
                 return r;
 
@@ -806,7 +810,7 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *
         uv_check_init(loop, m->held_check);
         m->held_check->data = m;
 
-        r = manager_make_dialect(m, m->config, m->password, &m->dialect);
+        r = manager_make_dialect(m, m->config, &m->dialect);
         if (r < 0)
                 return r;
 
@@ -837,20 +841,10 @@ static bool streq_null(const char *a, const char *b)
         return strcmp(a, b) == 0;
 }
 
-static bool broker_settings_changed(const TwindConfig *a, const TwindConfig *b)
-{
-        return !streq_null(a->broker_url, b->broker_url) || !streq_null(a->username, b->username) ||
-               !streq_null(a->password_file, b->password_file) ||
-               !streq_null(a->cafile, b->cafile) || !streq_null(a->certfile, b->certfile) ||
-               !streq_null(a->keyfile, b->keyfile) || a->keepalive != b->keepalive ||
-               !streq_null(a->topic_root, b->topic_root);
-}
-
 int manager_reload(Manager *m, TwindConfig *config)
 {
         _cleanup_(twind_config_freep) TwindConfig *c = config;
         _cleanup_strv_free_ char **argv = NULL;
-        _cleanup_free_ char *password = NULL;
         _cleanup_(twin_dialect_freep) TwinDialect *dialect = NULL;
         int r;
 
@@ -875,31 +869,31 @@ int manager_reload(Manager *m, TwindConfig *config)
                         return log_error_errno(r, "Failed to reload the configuration");
         }
 
-        r = manager_setup_config(m, c, &argv, &password);
+        r = manager_setup_config(m, c, &argv);
         if (r < 0)
                 return r;
 
-        /* Everything that can fail comes first: on error the running configuration stays whole. */
-        if (broker_settings_changed(m->config, c) || !streq_null(password, m->password)) {
-                r = manager_make_dialect(m, c, password, &dialect);
-                if (r < 0)
-                        return r;
-        }
+        /* Everything that can fail comes first: on error the running configuration stays whole.
+         * The new connection is kept only when some setting of it changed (the dialect, the
+         * address, a credential file's content, ...): otherwise the running one goes on. */
+        r = manager_make_dialect(m, c, &dialect);
+        if (r < 0)
+                return r;
+        if (strcmp(twin_dialect_fingerprint(dialect), twin_dialect_fingerprint(m->dialect)) == 0)
+                dialect = twin_dialect_free(dialect);
 
         strv_free(m->apply_argv);
         m->apply_argv = TAKE_PTR(argv);
-        if (m->password)
-                explicit_bzero(m->password, strlen(m->password));
-        free(m->password);
-        m->password = TAKE_PTR(password);
         twind_config_free(m->config);
         m->config = TAKE_PTR(c);
 
         if (dialect) {
-                log_info("Broker settings changed, reconnecting");
+                log_info("Connection settings changed, reconnecting (dialect %s)",
+                         twin_dialect_name(dialect));
                 twin_dialect_free(m->dialect);
                 m->dialect = TAKE_PTR(dialect);
                 m->connected = false;
+                free(TAKE_PTR(m->problem));
                 r = twin_dialect_start(m->dialect);
                 if (r < 0)
                         log_error_errno(r, "Cannot start connecting to %s",
@@ -1026,12 +1020,9 @@ Manager *manager_free(Manager *m)
         free(m->held.payload);
         twin_state_free(m->state);
         strv_free(m->apply_argv);
-        if (m->password) {
-                explicit_bzero(m->password, strlen(m->password));
-                free(m->password);
-        }
         twind_config_free(m->config);
         free(m->last_error);
+        free(m->problem);
         free(m->status_text);
         free(m);
         return NULL;

@@ -148,7 +148,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
         if (!json_is_object(applied))
                 return decode_error(err, errlen, -EINVAL, "applied: %s",
                                     applied ? "not an object" : "missing");
-        if (twin_properties_validate(applied, reason, sizeof reason) < 0)
+        if (twin_properties_validate(applied, NULL, reason, sizeof reason) < 0)
                 return decode_error(err, errlen, -EINVAL, "applied: %s", reason);
 
         desired = json_object_get(root, "desiredVersion");

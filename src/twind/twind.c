@@ -15,6 +15,7 @@
 #include "rlimit-util.h"
 #include "twind-conf.h"
 #include "twind-control.h"
+#include "twind-dialect.h"
 #include "twind-manager.h"
 #include "twind-notify.h"
 #include "twind-state.h"
@@ -141,21 +142,41 @@ static int load_config(const Arguments *a, TwindConfig **ret)
                 return r;
         }
 
-        if ((a->broker_url && twind_config_set_string(&c->broker_url, a->broker_url) < 0) ||
-            (a->device_id && twind_config_set_string(&c->device_id, a->device_id) < 0) ||
-            (a->state_dir && twind_config_set_string(&c->state_dir, a->state_dir) < 0))
-                return log_error_errno(-ENOMEM, "Failed to apply the command line");
+        {
+                const struct {
+                        const char *value;
+                        enum TwindConfigKey key;
+                        const char *option;
+                } overrides[] = {
+                        { a->broker_url, TWIND_KEY_BROKER_URL, "--broker" },
+                        { a->device_id, TWIND_KEY_DEVICE_ID, "--device-id" },
+                        { a->state_dir, TWIND_KEY_STATE_DIRECTORY, "--state-dir" },
+                };
 
+                for (size_t i = 0; i < ARRAY_SIZE(overrides); i++) {
+                        if (!overrides[i].value)
+                                continue;
+                        r = twind_config_set_option(c, overrides[i].key, overrides[i].option,
+                                                    overrides[i].value, err, sizeof(err));
+                        if (r == -ENOMEM)
+                                return log_error_errno(r, "Failed to apply the command line");
+                        if (r < 0)
+                                return log_error("%s", err), r;
+                }
+        }
+
+        /* Each of these names where the value came from (file and line, or option). */
         r = twind_config_verify(c, err, sizeof(err));
-        if (r < 0) {
-                log_error("%s: %s", a->config_path, err);
-                return r;
-        }
-        r = twind_config_resolve_credentials(c, err, sizeof(err));
-        if (r < 0) {
-                log_error("%s: %s", a->config_path, err);
-                return r;
-        }
+        if (r >= 0)
+                r = twin_dialect_prepare_config(c, err, sizeof(err));
+        if (r >= 0)
+                r = twind_config_resolve_credentials(c, err, sizeof(err));
+        if (r >= 0 && a->check_config)
+                r = twind_config_check_files(c, err, sizeof(err));
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Failed to check the configuration");
+        if (r < 0)
+                return log_error("%s", err), r;
 
         *ret = TAKE_PTR(c);
         return 0;
@@ -312,8 +333,8 @@ int main(int argc, char *argv[])
         if (r < 0)
                 return EX_CONFIG;
         if (t.args.check_config) {
-                printf("%s: configuration OK (device %s, broker %s)\n", t.args.config_path,
-                       config->device_id, config->broker_url);
+                printf("%s: configuration OK (device %s, dialect %s, broker %s)\n",
+                       t.args.config_path, config->device_id, config->dialect, config->broker_url);
                 twind_config_free(config);
                 return EXIT_SUCCESS;
         }

@@ -28,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         int64_t version;
         int r;
 
-        r = twin_desired_parse(data, size, &doc, &version, err, sizeof(err));
+        r = twin_desired_parse(data, size, NULL, &doc, &version, err, sizeof(err));
         if (r < 0) {
                 /* The reason goes into $status.error: one line, valid UTF-8. */
                 REQUIRE(strlen(err) > 0 && !strchr(err, '\n'));
@@ -42,7 +42,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         props = twin_properties(doc);
         REQUIRE(props);
         /* What the parser accepted is a valid property object once '$version' is gone. */
-        REQUIRE(twin_properties_validate(props, err, sizeof(err)) == 0);
+        REQUIRE(twin_properties_validate(props, NULL, err, sizeof(err)) == 0);
         REQUIRE(!twin_needs_apply(props, props));
 
         target = json_pack("{s:i, s:{s:s}}", "x", 1, "configId", "a", "b");

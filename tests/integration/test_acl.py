@@ -7,6 +7,8 @@ MQTT 3.1.1 gives a publisher no error for a denied publish (mosquitto acknowledg
 it), so "cannot publish" is shown by a service subscriber that receives a later, allowed
 message of the same publisher but never the denied ones."""
 
+import base64
+import hashlib
 import json
 import os
 import shutil
@@ -270,3 +272,67 @@ def test_service_identity_sets_desired_and_a_device_identity_agent_applies(
         assert PASSWORDS["dev-1"] not in agent.log_text()
     finally:
         agent.cleanup()
+
+
+class DynsecBroker(twinlib.Broker):
+    """mosquitto with its dynamic security plugin: unlike the ACL file, which grants every
+    subscription and filters at delivery, it refuses a denied SUBSCRIBE in the SUBACK (0x80).
+    Device dev-1 (password PASSWORDS["dev-1"]) may not subscribe to any desired document."""
+
+    PLUGIN = "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so"
+
+    def __init__(self, directory):
+        super().__init__(directory)
+        salt = os.urandom(12)
+        digest = hashlib.pbkdf2_hmac("sha512", PASSWORDS["dev-1"].encode(), salt, 101)
+        self.dynsec = os.path.join(self.dir, "dynsec.json")
+        with open(self.dynsec, "w") as f:
+            json.dump(
+                {
+                    "defaultACLAccess": {"publishClientSend": True, "publishClientReceive": True,
+                                         "subscribe": True, "unsubscribe": True},
+                    "clients": [{"username": "dev-1",
+                                 "password": base64.b64encode(digest).decode(),
+                                 "salt": base64.b64encode(salt).decode(), "iterations": 101,
+                                 "roles": [{"rolename": "no-desired"}]}],
+                    "groups": [],
+                    "roles": [{"rolename": "no-desired", "acls": [
+                        {"acltype": "subscribePattern", "topic": "twins/+/desired",
+                         "priority": 0, "allow": False}]}],
+                },
+                f,
+            )
+        with open(self.conf) as f:
+            conf = f.read().replace("allow_anonymous true\n", "")
+        conf += f"plugin {self.PLUGIN}\nplugin_opt_config_file {self.dynsec}\n"
+        if os.geteuid() == 0:
+            conf += "user root\n"
+        with open(self.conf, "w") as f:
+            f.write(conf)
+
+
+def test_refused_subscription_is_reported(tmp_path):
+    """A broker that refuses the desired subscription must not leave the agent looking fine
+    forever: the log, lastError and the status text (systemd's STATUS=) say so."""
+    if not os.path.exists(DynsecBroker.PLUGIN):
+        pytest.skip("mosquitto's dynamic security plugin is not installed")
+    broker = DynsecBroker(str(tmp_path / "broker"))
+    broker.start()
+    agent = twinlib.Agent(str(tmp_path / "agent"), broker)
+    pw = tmp_path / "agent" / "pw"
+    pw.write_text(PASSWORDS["dev-1"] + "\n")
+    pw.chmod(0o600)
+    agent.configure("broker", "username", "dev-1")
+    agent.configure("broker", "password_file", str(pw))
+    try:
+        agent.start()
+        wanted = "refused the subscription to twins/dev-1/desired"
+        assert twinlib.poll(lambda: wanted in agent.log_text(), TIMEOUT), agent.log_tail()
+        st = agent.status()
+        assert st["connected"] is True, st
+        assert wanted in (st["lastError"] or ""), st
+        assert "but" in st["statusText"] and wanted in st["statusText"], st
+        assert PASSWORDS["dev-1"] not in agent.log_text()
+    finally:
+        agent.cleanup()
+        broker.stop()

@@ -1,0 +1,179 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The standard dialect of docs/protocol.md on any MQTT broker: {root}/{id}/desired (subscribed),
+ * {root}/{id}/reported and {root}/{id}/connection (published, retained, QoS 1), with the
+ * connection document doubling as the MQTT will.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config.h"
+#include "json-util.h"
+#include "log.h"
+#include "secret-file.h"
+#include "twin-model.h"
+#include "twind-dialect-impl.h"
+
+#define OFFLINE_DOCUMENT "{\"state\":\"offline\"}"
+
+typedef struct StandardDialect {
+        TwinDialect base;
+        char *topic_desired;
+        char *topic_reported;
+        char *topic_connection;
+} StandardDialect;
+
+static StandardDialect *standard(TwinDialect *d)
+{
+        return (StandardDialect *)d;
+}
+
+static void standard_connected(TwinDialect *d)
+{
+        StandardDialect *s = standard(d);
+        char since[32], agent[64];
+        _cleanup_free_ char *online = NULL;
+        int r;
+
+        r = dialect_subscribe(d, s->topic_desired, 1, NULL);
+        if (r < 0)
+                log_warning_errno(r, "Failed to subscribe to %s, ignoring", s->topic_desired);
+
+        twin_format_time(-1, since);
+        snprintf(agent, sizeof(agent), "twind %s", TWIND_VERSION);
+        _cleanup_json_ json_t *doc =
+            json_pack("{s:s, s:s, s:s}", "state", "online", "since", since, "agent", agent);
+        online = doc ? json_dumps_compact(doc) : NULL;
+        if (online) {
+                r = mqtt_client_publish(d->client, s->topic_connection, online, strlen(online), 1,
+                                        true, NULL);
+                if (r < 0)
+                        log_warning_errno(r, "Failed to publish connection state, ignoring");
+        }
+}
+
+static void standard_message(TwinDialect *d, const char *topic, const void *payload, size_t len)
+{
+        StandardDialect *s = standard(d);
+
+        if (strcmp(topic, s->topic_desired) != 0)
+                return;
+        /* An empty retained payload is how MQTT deletes a retained message: the service side
+         * removed the desired document. */
+        if (len == 0)
+                dialect_emit_desired_removed(d);
+        else
+                dialect_emit_desired(d, payload, len);
+}
+
+static int standard_publish_reported(TwinDialect *d, const json_t *reported)
+{
+        _cleanup_free_ char *text = json_dumps_compact(reported);
+
+        if (!text)
+                return -ENOMEM;
+        return mqtt_client_publish(d->client, standard(d)->topic_reported, text, strlen(text), 1,
+                                   true, NULL);
+}
+
+static int standard_goodbye(TwinDialect *d, int *ret_mid)
+{
+        return mqtt_client_publish(d->client, standard(d)->topic_connection, OFFLINE_DOCUMENT,
+                                   strlen(OFFLINE_DOCUMENT), 1, true, ret_mid);
+}
+
+static void standard_free(TwinDialect *d)
+{
+        StandardDialect *s = standard(d);
+
+        free(s->topic_desired);
+        free(s->topic_reported);
+        free(s->topic_connection);
+        free(s);
+}
+
+static int make_topic(char **ret, const char *root, const char *device_id, const char *leaf)
+{
+        if (asprintf(ret, "%s/%s/%s", root, device_id, leaf) < 0) {
+                *ret = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+static int standard_new(TwinDialect **ret, const TwinDialectSetup *setup, char *err, size_t errlen)
+{
+        const TwindConfig *c = setup->config;
+        _cleanup_free_ char *password = NULL;
+        StandardDialect *s;
+        char keepalive[16];
+        int r;
+
+        if (!twin_device_id_is_valid(c->device_id)) {
+                snprintf(err, errlen, "invalid device id '%s'", c->device_id);
+                return -EINVAL;
+        }
+        r = twind_config_read_password(c, &password, err, errlen);
+        if (r < 0)
+                return r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+                secret_free(TAKE_PTR(password));
+                return -ENOMEM;
+        }
+        dialect_init(&s->base, &twind_dialect_standard, setup);
+        if (make_topic(&s->topic_desired, c->topic_root, c->device_id, "desired") < 0 ||
+            make_topic(&s->topic_reported, c->topic_root, c->device_id, "reported") < 0 ||
+            make_topic(&s->topic_connection, c->topic_root, c->device_id, "connection") < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
+
+        /* One session per device: the device id is the MQTT client id, so a second agent for the
+         * same device takes the session over instead of both answering. */
+        MqttClientOptions mo = {
+                .url = c->broker_url,
+                .client_id = c->device_id,
+                .username = c->username,
+                .password = password,
+                .cafile = c->cafile,
+                .certfile = c->certfile,
+                .keyfile = c->keyfile,
+                .keepalive = (int)c->keepalive,
+                .will_topic = s->topic_connection,
+                .will_payload = OFFLINE_DOCUMENT,
+                .will_retain = true,
+                .reconnect = true,
+        };
+        r = dialect_client_new(&s->base, &mo, err, errlen);
+        if (r < 0)
+                goto fail;
+
+        snprintf(keepalive, sizeof(keepalive), "%u", c->keepalive);
+        r = dialect_set_fingerprint(
+            &s->base, 9,
+            (const char *const[]){ c->broker_url, c->username, password, c->cafile, c->certfile,
+                                   c->keyfile, keepalive, c->topic_root, c->device_id });
+        if (r < 0)
+                goto fail;
+        secret_free(TAKE_PTR(password));
+        *ret = &s->base;
+        return 0;
+fail:
+        secret_free(TAKE_PTR(password));
+        twin_dialect_free(&s->base);
+        return r;
+}
+
+const TwinDialectImpl twind_dialect_standard = {
+        .name = "standard",
+        .limits = &twin_limits_standard,
+        .new = standard_new,
+        .connected = standard_connected,
+        .message = standard_message,
+        .publish_reported = standard_publish_reported,
+        .goodbye = standard_goodbye,
+        .free = standard_free,
+};
