@@ -35,10 +35,12 @@
  * packets, so that a burst is read before the user acts on it (twind coalesces desired
  * documents that way) and one busy connection still cannot starve the loop. */
 #define READ_ROUNDS_MAX 64
-/* A connection the broker closes this soon after accepting it, several times in a row, is most
- * likely taken over by another client with the same client id (a cloned device image, a second
- * agent): the broker keeps one session per id and drops the older connection. */
-#define QUICK_DROP_MS    3000u
+/* A connection the broker closes without a word, several times in a row and each time accepting
+ * the next attempt at once, is most likely taken over by another client with the same client
+ * id (a cloned device image, a second agent): the broker keeps one session per id and drops
+ * the older connection whenever the other reconnects, which it does within its backoff (60 s
+ * at most). Longer-lived connections, and failed attempts in between, do not count. */
+#define QUICK_DROP_MS    90000u
 #define QUICK_DROPS_TOLD 3u
 
 typedef enum ClientState {
@@ -69,7 +71,7 @@ struct MqttClient {
         unsigned depth;        /* nesting of our libuv entry points, see client_leave() */
         unsigned open_handles; /* initialised uv handles not yet closed */
         unsigned attempts;     /* attempts since the last connection that stayed up */
-        unsigned quick_drops;  /* connections closed by the broker right after CONNACK, in a row */
+        unsigned quick_drops;  /* connections closed by the broker without a word, in a row */
         uint64_t connected_ms; /* loop time of the last CONNACK 0 */
 
         uv_timer_t connect_timer;
@@ -365,7 +367,8 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
                                 c->quick_drops++;
                 } else
                         c->quick_drops = 0;
-        }
+        } else
+                c->quick_drops = 0;
 
         if (c->stopping) {
                 /* We asked for it; how the socket went away on the way out does not matter. */
@@ -377,9 +380,9 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
         } else if (was_connected && c->quick_drops >= QUICK_DROPS_TOLD) {
                 error = -ECONNRESET;
                 reason_printf(reason, sizeof(reason),
-                              "%s %s: closed by the broker right after it accepted the "
-                              "connection, %u times in a row: another client probably uses the "
-                              "same client id (%s)",
+                              "%s %s: connection closed by the broker, %u times in a row "
+                              "while it accepts every new attempt: another client probably "
+                              "uses the same client id (%s)",
                               verb, a, c->quick_drops, c->client_id ? c->client_id : "generated");
         } else if (c->connack_rc != 0) {
                 error = connack_errno(c->connack_rc);

@@ -16,8 +16,6 @@
 #define TWIN_DESIRED_MAX_BYTES  (32 * 1024)
 #define TWIN_MAX_DEPTH          10
 #define TWIN_TOPIC_ROOT_DEFAULT "twins"
-/* Longest JSON number we accept as $version: a non-negative integer that fits in int64. */
-#define TWIN_VERSION_MAX INT64_MAX
 
 /*
  * What a twin service accepts in a document, beyond the protocol's own rules (JSON object,

@@ -458,7 +458,13 @@ static void print_event(const json_t *ev)
 
                 if (strcmp(key, "event") == 0 || strcmp(key, "time") == 0)
                         continue;
-                s = json_is_null(v) ? strdup("-") : output_value(v, true);
+                /* A string that would not read back as one value (empty, spaces, '=', quotes)
+                 * is quoted as JSON, so that each key=value stays one word. */
+                if (json_is_string(v) &&
+                    (json_string_length(v) == 0 || strpbrk(json_string_value(v), " \t=\"")))
+                        s = output_value(v, false);
+                else
+                        s = json_is_null(v) ? strdup("-") : output_value(v, true);
                 k = output_sanitize(strdup(key));
                 printf(" %s=%s", k ? k : "?", s ? s : "?");
         }

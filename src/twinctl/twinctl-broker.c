@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "mqtt-client.h"
+#include "secret-file.h"
 #include "twinctl-conf.h"
 
 #define DISCONNECT_TIMEOUT_MS 2000
@@ -373,9 +374,7 @@ BrokerSession *broker_session_free(BrokerSession *s)
                 uv_run(&s->loop, UV_RUN_DEFAULT);
                 (void)uv_loop_close(&s->loop);
         }
-        if (s->password)
-                explicit_bzero(s->password, strlen(s->password));
-        free(s->password);
+        s->password = secret_free(s->password);
         free(s->sync_topic);
         free(s->url);
         free(s);

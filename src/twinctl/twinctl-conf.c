@@ -8,11 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "broker-url.h"
 #include "log.h"
 #include "macro.h"
+#include "secret-file.h"
 #include "twin-model.h"
-
-#define PASSWORD_FILE_MAX 4096
 
 typedef struct ConfParse {
         TwinctlArgs *args;
@@ -92,10 +92,12 @@ static void conf_parse_done(ConfParse *p)
         free(p->topic_root);
 }
 
-int twinctl_conf_load(TwinctlArgs *args, const char *path)
+int twinctl_conf_load(TwinctlArgs *args, const char *path, bool required)
 {
         _cleanup_(conf_parse_done) ConfParse p = { .args = args, .path = path };
-        const char *env;
+        const char *env, *source = "the default";
+        char file_source[600], reason[256] = "";
+        BrokerUrl url = { 0 };
         FILE *f;
         int r;
 
@@ -111,12 +113,22 @@ int twinctl_conf_load(TwinctlArgs *args, const char *path)
                 }
                 if (r < 0)
                         return log_error_errno(-EIO, "Failed to read %s", path);
-        } else if (errno != ENOENT)
+        } else if (errno != ENOENT || required)
                 return log_error_errno(negative_errno(), "Failed to open %s", path);
 
+        /* Where the URL comes from, so that a bad one is named by its source. */
+        if (args->broker_url)
+                source = "--broker";
         env = getenv("TWINCTL_BROKER");
-        if (!args->broker_url && env && *env && set_string(&args->broker_url, env) < 0)
-                return log_error_errno(-ENOMEM, "Out of memory");
+        if (!args->broker_url && env && *env) {
+                if (set_string(&args->broker_url, env) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory");
+                source = "$TWINCTL_BROKER";
+        }
+        if (!args->broker_url && p.url) {
+                snprintf(file_source, sizeof file_source, "%s: [broker] url", path);
+                source = file_source;
+        }
         fill(&args->broker_url, &p.url);
         fill(&args->username, &p.username);
         fill(&args->password_file, &p.password_file);
@@ -127,6 +139,14 @@ int twinctl_conf_load(TwinctlArgs *args, const char *path)
 
         if (!args->broker_url && set_string(&args->broker_url, TWINCTL_BROKER_DEFAULT) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory");
+        r = broker_url_parse(args->broker_url, &url, reason, sizeof reason);
+        broker_url_done(&url);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory");
+        if (r < 0) {
+                log_error("%s: %s", source, reason[0] ? reason : "not a valid broker URL");
+                return -EINVAL;
+        }
         if (!args->topic_root && set_string(&args->topic_root, TWIN_TOPIC_ROOT_DEFAULT) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory");
         if (!twin_topic_root_is_valid(args->topic_root)) {
@@ -140,34 +160,13 @@ int twinctl_conf_load(TwinctlArgs *args, const char *path)
 
 int twinctl_read_password_file(const char *path, char **ret)
 {
-        _cleanup_free_ char *buf = NULL;
-        size_t n;
-        FILE *f;
+        char err[600];
+        int r;
 
-        f = fopen(path, "re");
-        if (!f)
-                return log_error_errno(negative_errno(), "Failed to open password file %s", path);
-        buf = malloc(PASSWORD_FILE_MAX + 1);
-        if (!buf) {
-                fclose(f);
-                return log_error_errno(-ENOMEM, "Out of memory");
-        }
-        n = fread(buf, 1, PASSWORD_FILE_MAX + 1, f);
-        if (ferror(f)) {
-                fclose(f);
-                return log_error_errno(-EIO, "Failed to read password file %s", path);
-        }
-        fclose(f);
-        if (n > PASSWORD_FILE_MAX) {
-                log_error("password file %s is larger than %d bytes", path, PASSWORD_FILE_MAX);
-                return -E2BIG;
-        }
-        if (memchr(buf, '\0', n)) {
-                log_error("password file %s contains a NUL byte", path);
-                return -EINVAL;
-        }
-        buf[n] = '\0';
-        buf[strcspn(buf, "\r\n")] = '\0';
-        *ret = TAKE_PTR(buf);
-        return 0;
+        r = secret_file_read(path, "password file", ret, NULL, err, sizeof err);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory");
+        if (r < 0)
+                log_error("%s", err);
+        return r;
 }

@@ -85,6 +85,8 @@ static void help(void)
                "Options:\n"
                "  -h --help                   Show this help\n"
                "     --version                Show the version\n"
+               "     --config=FILE            Broker settings from FILE instead of\n"
+               "                              %s\n"
                "  -b --broker=URL             mqtt://HOST[:PORT] or mqtts://HOST[:PORT]\n"
                "     --username=NAME          Broker user name\n"
                "     --password-file=PATH     File holding the broker password\n"
@@ -114,7 +116,7 @@ static void help(void)
                "Broker settings: command line, then $TWINCTL_BROKER (URL), then\n"
                "%s, then mqtt://127.0.0.1:1883.\n"
                "See twinctl(1) for details.\n",
-               TWINCTL_SOCKET_DEFAULT, TWINCTL_CONF_PATH);
+               TWINCTL_CONF_PATH, TWINCTL_SOCKET_DEFAULT, TWINCTL_CONF_PATH);
 }
 
 static void args_done(TwinctlArgs *a)
@@ -127,6 +129,7 @@ static void args_done(TwinctlArgs *a)
         free(a->keyfile);
         free(a->topic_root);
         free(a->socket_path);
+        free(a->config_path);
 }
 
 static int set_arg(char **dst, const char *value)
@@ -184,6 +187,7 @@ enum {
         ARG_PENDING,
         ARG_FAILED,
         ARG_OFFLINE,
+        ARG_CONFIG,
 };
 
 /* Returns 0 to go on, 1 when --help/--version was handled, or -EINVAL on a usage error. */
@@ -209,6 +213,7 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "pending", no_argument, NULL, ARG_PENDING },
                 { "failed", no_argument, NULL, ARG_FAILED },
                 { "offline", no_argument, NULL, ARG_OFFLINE },
+                { "config", required_argument, NULL, ARG_CONFIG },
                 { NULL, 0, NULL, 0 },
         };
         int c, r = 0;
@@ -275,6 +280,9 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                         break;
                 case ARG_OFFLINE:
                         a->filter_offline = true;
+                        break;
+                case ARG_CONFIG:
+                        r = set_arg(&a->config_path, optarg);
                         break;
                 case ':':
                         log_error("option '%s' needs an argument", argv[optind - 1]);
@@ -362,7 +370,9 @@ int main(int argc, char **argv)
                 return TWINCTL_EXIT_USAGE;
 
         if (verb->broker) {
-                r = twinctl_conf_load(&args, TWINCTL_CONF_PATH);
+                r = twinctl_conf_load(&args,
+                                      args.config_path ? args.config_path : TWINCTL_CONF_PATH,
+                                      args.config_path != NULL);
                 if (r < 0)
                         return r == -EINVAL ? TWINCTL_EXIT_USAGE : TWINCTL_EXIT_FAILURE;
         }

@@ -39,6 +39,8 @@ typedef struct TwinctlArgs {
         char *topic_root;
         /* agent (device-side verbs) */
         char *socket_path;
+        /* --config: the broker settings file instead of /etc/twind/twinctl.conf */
+        char *config_path;
         /* output */
         bool json;
         bool no_color;

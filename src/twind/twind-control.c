@@ -138,12 +138,13 @@ static void client_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
         ControlClient *c = h->data;
 
-        if (c->alloc - c->len < CONTROL_READ_CHUNK && c->alloc < CONTROL_LINE_MAX + 1) {
+        /* Room for the longest line, its '\r' and one byte more, which tells it is too long. */
+        if (c->alloc - c->len < CONTROL_READ_CHUNK && c->alloc < CONTROL_LINE_MAX + 2) {
                 size_t n = c->alloc < CONTROL_READ_CHUNK ? CONTROL_READ_CHUNK : c->alloc * 2;
                 char *p;
 
-                if (n > CONTROL_LINE_MAX + 1)
-                        n = CONTROL_LINE_MAX + 1;
+                if (n > CONTROL_LINE_MAX + 2)
+                        n = CONTROL_LINE_MAX + 2;
                 p = realloc(c->buf, n);
                 if (p) {
                         c->buf = p;
@@ -389,10 +390,11 @@ static void client_process(ControlClient *c)
                 if (!nl)
                         break;
                 n = (size_t)(nl - (c->buf + start));
-                if (n > CONTROL_LINE_MAX)
-                        break; /* reported below, as for a line still without its '\n' */
+                /* The limit is on the line itself, a '\r' before the '\n' not counted. */
                 if (n > 0 && c->buf[start + n - 1] == '\r')
                         n--;
+                if (n > CONTROL_LINE_MAX)
+                        break; /* reported below, as for a line still without its '\n' */
                 if (n > 0)
                         client_handle_line(c, c->buf + start, n);
                 start = (size_t)(nl - c->buf) + 1;
@@ -410,7 +412,10 @@ static void client_process(ControlClient *c)
                 c->len -= start;
         }
 
-        if (!c->paused && c->len > CONTROL_LINE_MAX) {
+        /* Without its '\n' yet, a line is too long once it cannot be one of at most
+         * CONTROL_LINE_MAX bytes and a '\r'. */
+        if (!c->paused && (c->len > CONTROL_LINE_MAX + 1 ||
+                           (c->len == CONTROL_LINE_MAX + 1 && c->buf[c->len - 1] != '\r'))) {
                 char msg[CONTROL_ERROR_MSG_MAX];
 
                 snprintf(msg, sizeof(msg), "request line longer than %d bytes", CONTROL_LINE_MAX);

@@ -166,7 +166,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
                                     ", the reported $version would overflow",
                                     (int64_t)TWIN_STATE_REPORTED_VERSION_MAX);
         /* desiredVersion needs no upper bound: any $version the protocol allows (up to
-         * TWIN_VERSION_MAX, all of int64) may have been answered, and it is only compared. */
+         * INT64_MAX, all of int64) may have been answered, and it is only compared. */
 
         status = json_object_get(root, "status");
         if (json_is_null(status))

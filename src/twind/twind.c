@@ -368,8 +368,13 @@ int main(int argc, char *argv[])
                 goto fail;
         }
         r = manager_new(&t.manager, &t.loop, config, state);
-        if (r < 0)
+        if (r < 0) {
+                /* A file the configuration names that cannot be used (a password file, a CA):
+                 * restarting does not help either. */
+                if (r != -ENOMEM)
+                        status = EX_CONFIG;
                 goto fail;
+        }
         manager_set_status_listener(t.manager, on_status, &t);
 
         r = setup_control(&t);

@@ -2,6 +2,7 @@
 """The broker comes and goes: the agent reconnects and republishes from local state, survives
 a broker that is down at start, and its MQTT will reports it offline when it vanishes."""
 
+import twinlib
 from twinlib import props, settle, start_agent
 
 DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
@@ -60,3 +61,23 @@ def test_will_reports_offline_when_agent_vanishes(agent, service):
     agent.kill()
     service.wait_connection("offline", cmark, timeout=15)
     assert service.connection_since(cmark)[-1] == {"state": "offline"}
+
+
+def test_two_agents_with_the_same_device_id_are_told_apart(agent, service, broker, tmp_path):
+    """A cloned image: two agents with one device id knock each other off the broker. Beyond
+    "connection closed by the broker", the log and lastError say what is probably going on."""
+    twin = twinlib.Agent(str(tmp_path / "clone"), broker, device_id=agent.device_id)
+    hint = "another client probably uses the same client id (dev-1)"
+    try:
+        agent.start()
+        service.wait_connection("online")
+        twin.start()
+        assert twinlib.poll(lambda: hint in agent.log_text() or hint in twin.log_text(), 40), (
+            agent.log_tail() + "\n---- the clone ----\n" + twin.log_tail()
+        )
+        seen = [a for a in (agent, twin) if hint in a.log_text()]
+        assert any(hint in (a.status()["lastError"] or "") for a in seen if a.running()), [
+            a.status() for a in seen if a.running()
+        ]
+    finally:
+        twin.cleanup()

@@ -283,6 +283,15 @@ def test_line_too_long_closes_the_connection(agent, service):
     assert len(req) == 64 * 1024
     other.send_raw(req + b"\n")
     assert other.read_line()["result"]["deviceId"] == agent.device_id
+    # Also when it ends in "\r\n": the '\r' is not part of the line.
+    other.send_raw(req + b"\r\n")
+    assert other.read_line()["result"]["deviceId"] == agent.device_id
+    # One byte more is too long, with or without the '\r'.
+    for end in (b"\n", b"\r\n"):
+        third = Control(agent.socket)
+        third.send_raw(req[:-2] + b'y"}' + end)
+        lines = third.read_until_closed()
+        assert [l["error"]["name"] for l in lines] == ["LineTooLong"], lines
 
 
 def test_reapply_as_root_runs_the_apply_again(agent, service, make_apply):

@@ -20,6 +20,9 @@ def test_shutdown_publishes_offline_and_exits_0(agent, service, sig):
     assert service.connection_since(cmark)[-1] == {"state": "offline"}
 
 
+EX_CONFIG = 78
+
+
 def process_gone(pid):
     """No such process, or only a zombie left to whoever inherited it."""
     try:
@@ -127,6 +130,69 @@ def test_invalid_device_id_on_command_line_refused(agent):
     r = agent.run("-c", agent.conf, "--device-id", "bad#id", timeout=10)
     assert r.returncode != 0, r.stderr
     assert names_device_id(r.stderr, "bad#id"), r.stderr
+
+
+def test_bad_command_line_value_names_the_option_not_the_file(agent):
+    r = agent.run("-c", agent.conf, "--device-id", "a b", "--check-config", timeout=10)
+    assert r.returncode == EX_CONFIG, r.stderr
+    assert r.stderr.strip().endswith("--device-id: 'a b' is not a valid device id (1 to 128 "
+                                     "characters of A-Z a-z 0-9 - . _ :)"), r.stderr
+    assert agent.conf not in r.stderr, r.stderr
+
+
+def line_of(path, key):
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.split("=")[0].strip() == key:
+                return n
+    raise AssertionError(f"{key} not in {path}")
+
+
+@pytest.mark.parametrize(
+    "section,key,value",
+    [("broker", "url", "mqtt://"), ("device", "id", "a/b"), ("state", "directory", "rel/dir"),
+     ("broker", "topic_root", "a/#")],
+    ids=["url", "id", "directory", "topic_root"],
+)
+def test_invalid_value_names_file_and_line(agent, section, key, value):
+    agent.configure(section, key, value)
+    r = agent.run("--check-config", "-c", agent.conf)
+    assert r.returncode == EX_CONFIG, r.stderr
+    where = f"{agent.conf}:{line_of(agent.conf, key)}: [{section}] {key}: "
+    assert r.stderr.startswith(where) or f"error: {where}" in r.stderr, r.stderr
+    assert r.stderr.count("No such file or directory") <= 1, r.stderr
+
+
+@pytest.mark.parametrize("case", ["missing", "not-executable", "relative", "missing-password",
+                                  "missing-ca"])
+def test_check_config_catches_what_would_fail_later(agent, tmp_path, case):
+    """--check-config fails for what the start or the first apply would trip over, naming the
+    key and the file; each of these passed before."""
+    script = tmp_path / "apply.sh"
+    script.write_text("#!/bin/sh\nexit 0\n")
+    if case == "missing":
+        agent.configure("apply", "command", str(tmp_path / "no-such-apply") + " --now")
+        want = ["[apply] command", "no-such-apply", "No such file or directory"]
+    elif case == "not-executable":
+        script.chmod(0o644)
+        agent.configure("apply", "command", str(script))
+        want = ["[apply] command", str(script), "not executable"]
+    elif case == "relative":
+        agent.configure("apply", "command", "apply.sh")
+        want = ["[apply] command", "'apply.sh' is not an absolute path"]
+    elif case == "missing-password":
+        agent.configure("broker", "username", "dev-1")
+        agent.configure("broker", "password_file", str(tmp_path / "no-pw"))
+        want = ["[broker] password_file", "no-pw", "No such file or directory"]
+    else:
+        agent.configure("broker", "url", "mqtts://127.0.0.1:8883")
+        agent.configure("broker", "cafile", str(tmp_path / "no-ca.pem"))
+        want = ["[broker] cafile", "no-ca.pem", "No such file or directory"]
+    r = agent.run("--check-config", "-c", agent.conf)
+    assert r.returncode == EX_CONFIG, (r.returncode, r.stderr)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and all(w in lines[0] for w in want), r.stderr
+    assert agent.conf in lines[0], lines[0]
 
 
 def test_command_line_overrides_the_file(agent, service, tmp_path):

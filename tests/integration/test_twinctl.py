@@ -706,12 +706,15 @@ def test_reapply_started_and_no_desired(agent_socket, tmp_path):
 def test_events_follow_until_ctrl_c(agent_socket):
     events = [{"event": "connected", "time": "2026-11-26T09:41:58Z", "broker": "b:1"},
               {"event": "apply-finished", "time": "2026-11-26T09:41:59Z", "desiredVersion": 4,
-               "configId": 3, "result": "success", "error": None}]
+               "configId": 3, "result": "success", "error": None},
+              {"event": "apply-finished", "time": "2026-11-26T09:42:00Z", "desiredVersion": 5,
+               "configId": "blue sky", "result": "failed",
+               "error": "apply command exited with status 3: no modem"}]
     path = agent_socket({"events": ({"following": True}, None), "_events": events})
     p = subprocess.Popen([twinctl_binary(), "--socket", path, "events"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=environment())
     try:
-        lines = [p.stdout.readline(), p.stdout.readline()]
+        lines = [p.stdout.readline() for _ in events]
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=10)
     finally:
@@ -721,6 +724,9 @@ def test_events_follow_until_ctrl_c(agent_socket):
     assert p.returncode == EXIT_OK, err
     assert "connected" in lines[0] and "broker=b:1" in lines[0]
     assert "apply-finished" in lines[1] and "result=success" in lines[1]
+    # Values with spaces are quoted, so that every key=value is one word.
+    assert 'configId="blue sky"' in lines[2], lines[2]
+    assert 'error="apply command exited with status 3: no modem"' in lines[2], lines[2]
 
     p = subprocess.Popen([twinctl_binary(), "--socket", path, "events", "--json"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -976,3 +982,19 @@ def test_set_wait_ignores_status_for_another_config_id(broker, client):
     assert rival.fired.is_set()
     assert r.returncode == EXIT_TIMEOUT, (r.stdout, r.stderr)
     assert "applied" not in r.stdout
+
+
+def test_bad_broker_url_names_where_it_came_from(tmp_path):
+    conf = tmp_path / "twinctl.conf"
+    conf.write_text("[broker]\nurl = http://nowhere\n")
+    r = twinctl(None, "--config", str(conf), "list")
+    assert r.returncode == EXIT_USAGE, r.stderr
+    assert f"{conf}: [broker] url: " in r.stderr and "http://nowhere" in r.stderr, r.stderr
+    env = dict(environment(), TWINCTL_BROKER="mqtt://")
+    r = subprocess.run([twinctl_binary(), "--config", str(conf), "list"], capture_output=True,
+                       text=True, timeout=30, env=env)
+    assert r.returncode == EXIT_USAGE and "$TWINCTL_BROKER: " in r.stderr, r.stderr
+    r = twinctl(None, "--broker", "mqtt://a:99999", "list")
+    assert r.returncode == EXIT_USAGE and "--broker: " in r.stderr, r.stderr
+    r = twinctl(None, "--config", str(tmp_path / "missing.conf"), "list")
+    assert r.returncode != EXIT_OK and "missing.conf" in r.stderr, r.stderr
