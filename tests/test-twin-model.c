@@ -550,6 +550,96 @@ static void test_digest(void)
             "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a0800"));
 }
 
+/* diff(from, to) applied to from gives to; and what the patch holds. */
+static void check_diff(const char *from_text, const char *to_text, const char *want)
+{
+        _cleanup_json_ json_t *from = json_loads(from_text, 0, NULL);
+        _cleanup_json_ json_t *to = json_loads(to_text, 0, NULL);
+        _cleanup_json_ json_t *patch = twin_merge_patch_diff(from, to);
+        _cleanup_json_ json_t *expected = json_loads(want, 0, NULL);
+        _cleanup_json_ json_t *applied = json_deep_copy(from);
+
+        CHECK(patch && expected && json_equal(patch, expected));
+        if (patch && expected && !json_equal(patch, expected)) {
+                _cleanup_free_ char *got = json_dumps_compact(patch);
+                fprintf(stderr, "diff(%s, %s) = %s, expected %s\n", from_text, to_text, got, want);
+        }
+        CHECK_INT_EQ(twin_merge_patch(applied, patch), 0);
+        CHECK(json_equal(applied, to));
+}
+
+static void test_merge_patch_diff(void)
+{
+        check_diff("{}", "{}", "{}");
+        check_diff("{\"a\":1}", "{\"a\":1}", "{}");
+        check_diff("{\"a\":1}", "{\"a\":2}", "{\"a\":2}");
+        check_diff("{\"a\":1,\"b\":2}", "{\"a\":1}", "{\"b\":null}");
+        check_diff("{}", "{\"n\":{\"x\":1}}", "{\"n\":{\"x\":1}}");
+        check_diff("{\"n\":{\"x\":1,\"y\":2}}", "{\"n\":{\"x\":1,\"z\":3}}",
+                   "{\"n\":{\"y\":null,\"z\":3}}");
+        check_diff("{\"n\":{\"x\":1}}", "{\"n\":{}}", "{\"n\":{\"x\":null}}");
+        check_diff("{\"n\":{\"x\":1}}", "{\"n\":5}", "{\"n\":5}");
+        check_diff("{\"n\":5}", "{\"n\":{\"x\":1}}", "{\"n\":{\"x\":1}}");
+        /* Arrays replace whole. */
+        check_diff("{\"l\":[1,2,3]}", "{\"l\":[1,3]}", "{\"l\":[1,3]}");
+        {
+                /* NULL is empty on either side. */
+                _cleanup_json_ json_t *to = json_pack("{s:i}", "a", 1);
+                _cleanup_json_ json_t *p = twin_merge_patch_diff(NULL, to);
+                _cleanup_json_ json_t *q = twin_merge_patch_diff(to, NULL);
+
+                CHECK(json_equal(p, to));
+                CHECK(q && json_is_null(json_object_get(q, "a")));
+        }
+}
+
+static void test_limits(void)
+{
+        json_t *doc = NULL;
+        int64_t v;
+        const char *ok = "{\"$version\":1,\"a\":{\"b\":\"c\"},\"n\":4503599627370495}";
+
+        CHECK_INT_EQ(
+            twin_desired_parse(ok, strlen(ok), &twin_limits_azure, &doc, &v, err, sizeof(err)), 0);
+        json_decref(doc);
+        doc = NULL;
+#define REFUSED(text, want)                                                                        \
+        do {                                                                                       \
+                CHECK_INT_EQ(twin_desired_parse(text, strlen(text), &twin_limits_azure, &doc, &v,  \
+                                                err, sizeof(err)),                                 \
+                             -EINVAL);                                                             \
+                CHECK_STR_EQ(err, want);                                                           \
+        } while (0)
+        REFUSED("{\"$version\":1,\"a.b\":1}",
+                "property key \"a.b\" holds '.', which IoT Hub does not allow in keys");
+        REFUSED("{\"$version\":1,\"x\":{\"a b\":1}}",
+                "property key \"a b\" at x holds ' ', which IoT Hub does not allow in keys");
+        REFUSED("{\"$version\":1,\"a\\u0007\":1}",
+                "property key \"a?\" holds a control character, which IoT Hub does not allow in "
+                "keys");
+        REFUSED("{\"$version\":1,\"n\":4503599627370496}",
+                "the integer at n is outside the range IoT Hub allows (-4503599627370496 to "
+                "4503599627370495)");
+        {
+                char big[5000];
+
+                snprintf(big, sizeof(big), "{\"$version\":1,\"s\":\"%4097d\"}", 1);
+                REFUSED(big, "the string at s is 4097 bytes, IoT Hub allows at most 4096");
+        }
+        /* The standard dialect has none of these rules. */
+        {
+                const char *t = "{\"$version\":1,\"a.b c\":4503599627370496}";
+
+                CHECK_INT_EQ(twin_desired_parse(t, strlen(t), NULL, &doc, &v, err, sizeof(err)), 0);
+                json_decref(doc);
+        }
+        CHECK(twin_limits_key_is_valid(&twin_limits_azure, "twinStatus"));
+        CHECK(!twin_limits_key_is_valid(&twin_limits_azure, "twin.status"));
+        CHECK(!twin_limits_key_is_valid(&twin_limits_azure, "$status"));
+        CHECK(!twin_limits_key_is_valid(&twin_limits_azure, ""));
+#undef REFUSED
+}
+
 static void test_properties_equal(void)
 {
         _cleanup_json_ json_t *a =
@@ -584,5 +674,7 @@ int main(void)
         test_config_id_to_string();
         test_digest();
         test_properties_equal();
+        test_merge_patch_diff();
+        test_limits();
         return test_exit("test-twin-model");
 }

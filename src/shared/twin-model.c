@@ -205,6 +205,11 @@ static int check_container(const TwinLimits *l, const json_t *v, unsigned depth,
                                                "property key \"%.*s\" at %s begins with '$'",
                                                QUOTE_MAX, key, path);
                         }
+                        if (n == 0 && l->reserved_key && strcmp(key, l->reserved_key) == 0)
+                                return set_err(-EINVAL, err, errlen,
+                                               "property key \"%.*s\" is reserved for the "
+                                               "agent's status",
+                                               QUOTE_MAX, key);
                         if (!version && key_problem(l, key, why, sizeof(why))) {
                                 if (n == 0)
                                         return set_err(-EINVAL, err, errlen,
@@ -468,6 +473,39 @@ int twin_merge_patch(json_t *target, const json_t *patch)
                         return -ENOMEM;
         }
         return 0;
+}
+
+json_t *twin_merge_patch_diff(const json_t *from, const json_t *to)
+{
+        _cleanup_json_ json_t *patch = json_object();
+        const char *key;
+        json_t *v;
+
+        if (!patch)
+                return NULL;
+        if (!json_is_object(from))
+                from = NULL;
+        if (!json_is_object(to))
+                to = NULL;
+        json_object_foreach ((json_t *)from, key, v)
+                if (!json_object_get(to, key) && json_object_set_new(patch, key, json_null()) < 0)
+                        return NULL;
+        json_object_foreach ((json_t *)to, key, v) {
+                json_t *old = json_object_get(from, key);
+
+                if (old && json_equal(old, v))
+                        continue;
+                if (json_is_object(old) && json_is_object(v)) {
+                        json_t *sub = twin_merge_patch_diff(old, v);
+
+                        if (!sub || json_object_set_new(patch, key, sub) < 0)
+                                return NULL;
+                        continue;
+                }
+                if (json_object_set_new(patch, key, json_deep_copy(v)) < 0)
+                        return NULL;
+        }
+        return TAKE_PTR(patch);
 }
 
 static int strcmp_ptr(const void *a, const void *b)

@@ -33,6 +33,7 @@ typedef struct TwinLimits {
         size_t max_string_bytes; /* 0: no limit */
         bool integer_range;      /* integers must lie within [integer_min, integer_max] */
         int64_t integer_min, integer_max;
+        const char *reserved_key; /* a top-level key the agent uses itself; NULL: none */
 } TwinLimits;
 
 /* The standard dialect's limits (as Azure IoT Hub has them for sizes): 32 KiB, depth 10. */
@@ -92,6 +93,13 @@ bool twin_needs_apply(const json_t *desired_props, const json_t *applied_props);
  * merge). Returns 0, -EINVAL when target or patch is not an object, or -ENOMEM (target may then
  * be partly patched). */
 int twin_merge_patch(json_t *target, const json_t *patch);
+
+/* The RFC 7396 merge patch that turns object from into object to: changed and new members as
+ * in to (nested objects as patches of their own), removed ones as null; arrays and other values
+ * replace whole. Applying it to a copy of from gives to, unless to holds null values (a merge
+ * patch cannot set a member to null). Either side may be NULL (empty). Returns a new object
+ * (empty when they agree), or NULL on ENOMEM. */
+json_t *twin_merge_patch_diff(const json_t *from, const json_t *to);
 
 /* Returns a new array of the top-level property keys (not '$' keys) whose values differ between a
  * and b, sorted; either side may be NULL (treated as empty). */
