@@ -56,6 +56,7 @@ struct TwinDialect {
         MqttClient *client;
         TwinDialectCallbacks cb;
         void *userdata;
+        const TwinLimits *limits; /* impl->limits unless the dialect has its own */
         char fingerprint[TWIN_DIGEST_STRING_SIZE];
 
         /* SUBSCRIBEs sent on this connection, waiting for their SUBACK. */

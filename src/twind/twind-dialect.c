@@ -165,6 +165,7 @@ void dialect_init(TwinDialect *d, const TwinDialectImpl *impl, const TwinDialect
         d->loop = setup->loop;
         d->cb = *setup->cb;
         d->userdata = setup->userdata;
+        d->limits = impl->limits;
         d->goodbye_mid = -1;
 }
 
@@ -301,7 +302,7 @@ const char *twin_dialect_name(const TwinDialect *d)
 
 const TwinLimits *twin_dialect_limits(const TwinDialect *d)
 {
-        return d->impl->limits;
+        return d->limits;
 }
 
 const char *twin_dialect_fingerprint(const TwinDialect *d)
