@@ -125,7 +125,13 @@ static void update_status_text(Manager *m)
                 return;
         }
         if (!m->connected) {
-                if (m->retry_in_ms > 0)
+                /* The reason (refused credentials, a TLS failure, ...) is what a person needs
+                 * to act on; it never holds a secret. */
+                if (m->retry_in_ms > 0 && m->last_error)
+                        set_status_text(m, "broker %s unreachable (%s), retrying in %" PRIu64 " s",
+                                        twin_dialect_address(m->dialect), m->last_error,
+                                        (m->retry_in_ms + 999) / 1000);
+                else if (m->retry_in_ms > 0)
                         set_status_text(m, "broker %s unreachable, retrying in %" PRIu64 " s",
                                         twin_dialect_address(m->dialect),
                                         (m->retry_in_ms + 999) / 1000);
@@ -963,11 +969,12 @@ json_t *manager_status_json(Manager *m)
                 twin_format_time(m->connected_since, since);
 
         return json_pack(
-            "{s:s, s:s, s:b, s:s?, s:O?, s:O, s:O?, s:s, s:I, s:I, s:s?, s:I, s:s?,"
+            "{s:s, s:s, s:s, s:b, s:s?, s:O?, s:O, s:O?, s:s, s:I, s:I, s:s?, s:I, s:s?,"
             " s:{s:I, s:I, s:I}}",
-            "deviceId", device_id(m), "broker", twin_dialect_address(m->dialect), "connected",
-            m->connected, "connectedSince", m->connected ? since : NULL, "configId",
-            twin_config_id(m->state->applied), "applied", m->state->applied, "status", st, "state",
+            "deviceId", device_id(m), "dialect", twin_dialect_name(m->dialect), "broker",
+            twin_dialect_address(m->dialect), "connected", m->connected, "connectedSince",
+            m->connected ? since : NULL, "configId", twin_config_id(m->state->applied), "applied",
+            m->state->applied, "status", st, "state",
             m->applying ? "applying" : (json_is_string(state) ? json_string_value(state) : "idle"),
             "desiredVersion", (json_int_t)m->state->desired_version, "reportedVersion",
             (json_int_t)m->reported_version, "lastError", m->last_error, "uptimeSeconds",
