@@ -64,7 +64,8 @@ def deadline_poll(fn, timeout, what, interval=0.05):
         if last:
             return last
         if time.monotonic() >= end:
-            raise AssertionError(f"timed out after {timeout * SCALE:.1f} s waiting for {what}; last: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout * SCALE:.1f} s waiting for {what}; last: {last!r}")
         time.sleep(interval)
 
 
@@ -124,7 +125,8 @@ class AzureHub:
             "policies": [
                 {"name": "iothubowner", "primaryKey": self.owner_key, "rights": ALL_RIGHTS},
                 {"name": "service", "primaryKey": random_key(), "rights": ["ServiceConnect"]},
-                {"name": "device", "primaryKey": self.device_policy_key, "rights": ["DeviceConnect"]},
+                {"name": "device", "primaryKey": self.device_policy_key,
+                 "rights": ["DeviceConnect"]},
                 {"name": "registryRead", "primaryKey": random_key(), "rights": ["RegistryRead"]},
             ],
         }
@@ -154,7 +156,8 @@ class AzureHub:
                 left = end - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     self.stop()
-                    raise AssertionError(f"the emulator did not start in {timeout * SCALE} s:\n{self.log_tail()}")
+                    raise AssertionError(
+                        f"the emulator did not start in {timeout * SCALE} s:\n{self.log_tail()}")
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
                 if not chunk:
                     rc = self.proc.wait(5)
@@ -248,7 +251,8 @@ class AzureHub:
 
     def set_status(self, device_id, status, module_id=None):
         """enabled or disabled; disabling closes the identity's connection."""
-        return self.control("PATCH", self._path("devices", device_id, module_id), {"status": status})
+        path = self._path("devices", device_id, module_id)
+        return self.control("PATCH", path, {"status": status})
 
     def identity(self, device_id, module_id=None):
         for i in self.control("GET", "/devices"):
@@ -273,15 +277,18 @@ class AzureHub:
 
     def set_reported(self, device_id, patch, module_id=None):
         """Merges patch into reported as if the device had sent it (no device needed)."""
-        return self.control("POST", self._path("twins", device_id, module_id, "reported"), {"patch": patch})
+        path = self._path("twins", device_id, module_id, "reported")
+        return self.control("POST", path, {"patch": patch})
 
     def set_tags(self, device_id, patch, module_id=None):
-        return self.control("POST", self._path("twins", device_id, module_id, "tags"), {"patch": patch})
+        path = self._path("twins", device_id, module_id, "tags")
+        return self.control("POST", path, {"patch": patch})
 
     def drop(self, device_id, module_id=None, reason=None):
         """Closes the identity's MQTT connection; False when it had none."""
         body = {"reason": reason} if reason else {}
-        return self.control("POST", self._path("connections", device_id, module_id, "drop"), body)["dropped"]
+        path = self._path("connections", device_id, module_id, "drop")
+        return self.control("POST", path, body)["dropped"]
 
     def connections(self):
         return self.control("GET", "/connections")
@@ -344,14 +351,15 @@ class AzureHub:
         """The first connection log entry of event (for device_id) after since."""
         def find():
             for e in self.log(since, event):
-                if device_id is not None and e.get("deviceId", e.get("clientId")) != device_id \
-                        and e.get("clientId") != device_id:
+                if device_id is not None and device_id not in (e.get("deviceId"),
+                                                                e.get("clientId")):
                     continue
                 if where and not where(e):
                     continue
                 return e
             return None
-        return deadline_poll(find, timeout, f"a {event} of {device_id or 'any client'} after #{since}")
+        return deadline_poll(find, timeout,
+                             f"a {event} of {device_id or 'any client'} after #{since}")
 
     def wait_requests(self, kind, count=1, since=0, timeout=WAIT, where=None):
         """At least count request log entries of kind after since (filtered by where)."""
@@ -367,7 +375,8 @@ class AzureHub:
 
         def find():
             for c in self.connections():
-                if c["clientId"] == client and c["conn"] > since_conn and all(s in c["subscriptions"] for s in subscribed):
+                if (c["clientId"] == client and c["conn"] > since_conn
+                        and all(s in c["subscriptions"] for s in subscribed)):
                     return c
             return None
         return deadline_poll(find, timeout, f"{client} connected, subscribed to {list(subscribed)}")
@@ -392,7 +401,8 @@ class AzureHub:
         return cs
 
     def service_connection_string(self, policy="iothubowner", key=None):
-        return f"HostName={self.host_name};SharedAccessKeyName={policy};SharedAccessKey={key or self.owner_key}"
+        return (f"HostName={self.host_name};SharedAccessKeyName={policy};"
+                f"SharedAccessKey={key or self.owner_key}")
 
     def device_resource(self, device_id, module_id=None):
         r = f"{self.host_name}/devices/{device_id}"
@@ -429,9 +439,11 @@ class AzureHub:
     def rest(self, method, path, body=None, headers=None, token=None):
         """One HTTPS request to the REST side (api-version added); (status, headers, JSON)."""
         ctx = ssl.create_default_context(cafile=self.ca)
-        conn = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=ctx, timeout=10 * SCALE)
+        conn = http.client.HTTPSConnection("127.0.0.1", self.https_port, context=ctx,
+                                           timeout=10 * SCALE)
         sep = "&" if "?" in path else "?"
-        h = {"Authorization": token or self.service_token(), "Content-Type": "application/json; charset=utf-8"}
+        h = {"Authorization": token or self.service_token(),
+             "Content-Type": "application/json; charset=utf-8"}
         h.update(headers or {})
         try:
             conn.request(method, f"{path}{sep}api-version={API_VERSION}",
@@ -440,7 +452,8 @@ class AzureHub:
             text = r.read().decode()
         finally:
             conn.close()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, (json.loads(text) if text else None)
+        headers = {k.lower(): v for k, v in r.getheaders()}
+        return r.status, headers, (json.loads(text) if text else None)
 
 
 class MqttDevice:
@@ -449,7 +462,7 @@ class MqttDevice:
     Received messages are kept; waits are bounded."""
 
     def __init__(self, hub, device_id, module_id=None, token=None, clean_session=True,
-                 certfile=None, keyfile=None, password=True):
+                 certfile=None, keyfile=None, password=True, username=None):
         self.hub = hub
         self.client_id = device_id if not module_id else f"{device_id}/{module_id}"
         self.lock = threading.Condition()
@@ -461,7 +474,7 @@ class MqttDevice:
         pw = None
         if password:
             pw = token or hub.device_token(device_id, module_id)
-        self.client.username_pw_set(hub.mqtt_username(device_id, module_id), pw)
+        self.client.username_pw_set(username or hub.mqtt_username(device_id, module_id), pw)
         self.client.tls_set(ca_certs=hub.ca, certfile=certfile, keyfile=keyfile,
                             tls_version=ssl.PROTOCOL_TLS_CLIENT)
         # No reconnects of its own: a test that wants one makes a new MqttDevice.
@@ -501,7 +514,8 @@ class MqttDevice:
                     return r
                 left = end - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{self.client_id}: timed out after {timeout * SCALE:.1f} s waiting for {what}")
+                    raise AssertionError(f"{self.client_id}: timed out after "
+                                         f"{timeout * SCALE:.1f} s waiting for {what}")
                 self.lock.wait(left)
 
     def connect(self, timeout=WAIT):
@@ -548,7 +562,8 @@ class MqttDevice:
     def report(self, patch, timeout=WAIT):
         """A reported PATCH; returns (status, $version or None, parsed body or None)."""
         text = patch if isinstance(patch, (str, bytes)) else json.dumps(patch)
-        status, props, body = self.answer(self.request("PATCH", "/properties/reported/", text), timeout)
+        rid = self.request("PATCH", "/properties/reported/", text)
+        status, props, body = self.answer(rid, timeout)
         v = props.get("$version")
         return status, int(v) if v is not None else None, json.loads(body) if body else None
 

@@ -59,7 +59,8 @@ def test_get_report_and_the_twin(hub, devices):
     twin = hub.twin("dev-1")
     assert twin["connectionState"] == "Connected"
     reported = twin["properties"]["reported"]
-    assert reported["mode"] == "eco" and reported["nested"] == {"b": 2} and reported["$version"] == 3
+    assert reported["mode"] == "eco" and reported["nested"] == {"b": 2}
+    assert reported["$version"] == 3
     assert "$lastUpdated" in reported["$metadata"]["nested"]["b"]
     assert hub.counters()["counters"]["reported"] == 2
 
@@ -173,7 +174,8 @@ def test_in_flight_requests_are_counted_per_connection(hub, devices):
 
 def test_credentials_status_and_one_connection_per_device(hub, devices):
     hub.add_device("dev-1")
-    assert devices(hub, "dev-1", token=hub.device_token("dev-1", key=hub.device_policy_key)).connect() == 5
+    wrong_key = hub.device_token("dev-1", key=hub.device_policy_key)
+    assert devices(hub, "dev-1", token=wrong_key).connect() == 5
     assert devices(hub, "ghost", token=hub.device_token("dev-1")).connect() == 5
     first = connected(devices, hub, "dev-1")
     conn = hub.wait_connected("dev-1")["conn"]
@@ -186,14 +188,26 @@ def test_credentials_status_and_one_connection_per_device(hub, devices):
     second.wait_disconnected()
     assert devices(hub, "dev-1").connect() == 3
     refusals = [e["reason"] for e in hub.log(event="refuse")]
-    assert refusals == ["token signature does not match the key", "unknown device 'ghost'", "device disabled"]
+    assert refusals == ["token signature does not match the key", "unknown device 'ghost'",
+                        "device disabled"]
+
+
+def test_user_name_rules(hub, devices):
+    hub.add_device("dev-1")
+    upper = f"{hub.host_name.upper()}/dev-1/?api-version=2021-04-12&DeviceClientType=x"
+    assert devices(hub, "dev-1", username=upper).connect() == 0
+    for bad in (f"{hub.host_name}/dev-1/", f"{hub.host_name}/DEV-1/?api-version=2021-04-12",
+                "other-hub.azure-devices.net/dev-1/?api-version=2021-04-12"):
+        assert devices(hub, "dev-1", username=bad).connect() == 5, bad
+    reasons = [e["reason"] for e in hub.log(event="refuse")]
+    assert len(reasons) == 3 and all(r.startswith("user name") for r in reasons), reasons
 
 
 def test_protocol_rules(hub, devices):
     hub.add_device("dev-1")
     d = connected(devices, hub, "dev-1")
-    assert d.subscribe("devices/dev-1/messages/devicebound/#", "devices/dev-2/messages/devicebound/#",
-                       "some/topic") == [0, 128, 128]
+    assert d.subscribe("devices/dev-1/messages/devicebound/#",
+                       "devices/dev-2/messages/devicebound/#", "some/topic") == [0, 128, 128]
     assert d.subscribe(RES, qos=2) == [1]
     d.publish("devices/dev-1/messages/events/", b"{}", qos=1)
     d.publish("$iothub/twin/PATCH/properties/reported/?$rid=r1", b"{}", qos=2)
@@ -237,12 +251,13 @@ def test_rest_update_notifies_and_checks_the_etag(hub, devices):
     d = connected(devices, hub, "dev-1")
     status, _, twin = hub.rest("GET", "/twins/dev-1")
     assert status == 200 and twin["etag"] and twin["properties"]["desired"]["$version"] == 1
-    status, _, after = hub.rest("PATCH", "/twins/dev-1", {"properties": {"desired": {"mode": "eco"}}},
-                                headers={"If-Match": f'"{twin["etag"]}"'})
+    if_match = {"If-Match": f'"{twin["etag"]}"'}
+    status, _, after = hub.rest("PATCH", "/twins/dev-1",
+                                {"properties": {"desired": {"mode": "eco"}}}, headers=if_match)
     assert status == 200 and after["properties"]["desired"]["$version"] == 2
     assert d.wait_desired(2) == {"mode": "eco", "$version": 2}
-    status, headers, body = hub.rest("PATCH", "/twins/dev-1", {"properties": {"desired": {"mode": "x"}}},
-                                     headers={"If-Match": f'"{twin["etag"]}"'})
+    status, headers, body = hub.rest("PATCH", "/twins/dev-1",
+                                     {"properties": {"desired": {"mode": "x"}}}, headers=if_match)
     assert status == 412 and headers["iothub-errorcode"] == "PreconditionFailed"
     status, _, body = hub.rest("GET", "/twins/nobody")
     assert status == 404 and body["Message"].startswith("ErrorCode:DeviceNotFound;")
@@ -259,7 +274,8 @@ def test_rest_query_pages(hub):
         headers = {"x-ms-max-item-count": "2"}
         if token:
             headers["x-ms-continuation"] = token
-        status, h, items = hub.rest("POST", "/devices/query", {"query": "SELECT * FROM devices"}, headers=headers)
+        status, h, items = hub.rest("POST", "/devices/query", {"query": "SELECT * FROM devices"},
+                                    headers=headers)
         assert status == 200 and h["x-ms-item-type"] == "Twin"
         seen += [t["deviceId"] for t in items]
         pages += 1
@@ -267,8 +283,10 @@ def test_rest_query_pages(hub):
         if not token:
             break
     assert seen == [f"dev-{i}" for i in range(5)] and pages == 3
-    q = "SELECT deviceId, properties.reported.fw FROM devices WHERE properties.reported.fw = '2.0' OR NOT IS_DEFINED(status)"
-    assert hub.rest("POST", "/devices/query", {"query": q})[2] == [{"deviceId": "dev-3", "fw": "2.0"}]
+    q = ("SELECT deviceId, properties.reported.fw FROM devices"
+         " WHERE properties.reported.fw = '2.0' OR NOT IS_DEFINED(status)")
+    assert hub.rest("POST", "/devices/query", {"query": q})[2] == [
+        {"deviceId": "dev-3", "fw": "2.0"}]
     status, _, body = hub.rest("POST", "/devices/query", {"query": "SELECT COUNT() FROM devices"})
     assert status == 400 and "does not support" in body["Message"]
 

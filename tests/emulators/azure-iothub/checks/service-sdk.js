@@ -41,7 +41,8 @@ async function main (state) {
   const certs = { ca: path.join(dir, 'ca.crt'), cert: path.join(dir, 'server.crt'), key: path.join(dir, 'server.key') }
   const ownerKey = randomKey()
   const deviceKey = randomKey()
-  const devices = ['dev-1', 'dev-2', 'dev-3', 'dev-4', 'dev-5'].map(d => ({ deviceId: d, primaryKey: d === 'dev-1' ? deviceKey : randomKey() }))
+  const devices = ['dev-1', 'dev-2', 'dev-3', 'dev-4', 'dev-5']
+    .map(d => ({ deviceId: d, primaryKey: d === 'dev-1' ? deviceKey : randomKey() }))
   devices[4].status = 'disabled'
   try {
     state.hub = await startEmulator(dir, {
@@ -49,7 +50,11 @@ async function main (state) {
       cert: certs.cert,
       key: certs.key,
       httpsPort: 443,
-      policies: [{ name: 'iothubowner', primaryKey: ownerKey, rights: ['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect'] }],
+      policies: [{
+        name: 'iothubowner',
+        primaryKey: ownerKey,
+        rights: ['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect']
+      }],
       devices
     })
   } catch (e) {
@@ -125,10 +130,14 @@ async function main (state) {
   assert.deepStrictEqual(seen.sort(), ['dev-1', 'dev-2', 'dev-3', 'dev-4'])
   assert.strictEqual(pages, 2)
 
-  const eco = (await registry.createQuery("SELECT * FROM devices WHERE properties.desired.mode = 'eco2' AND properties.reported.battery >= 50").nextAsTwin()).result
+  const eco = (await registry.createQuery(
+    "SELECT * FROM devices WHERE properties.desired.mode = 'eco2' AND properties.reported.battery >= 50"
+  ).nextAsTwin()).result
   assert.deepStrictEqual(eco.map(t => t.deviceId), ['dev-1'])
 
-  const proj = await registry.createQuery('SELECT deviceId, properties.reported.battery FROM devices WHERE IS_DEFINED(properties.reported.battery)').next()
+  const proj = await registry.createQuery(
+    'SELECT deviceId, properties.reported.battery FROM devices WHERE IS_DEFINED(properties.reported.battery)'
+  ).next()
   assert.deepStrictEqual(proj.result, [{ deviceId: 'dev-1', battery: 80 }])
   assert.strictEqual(proj.message.headers['x-ms-item-type'], 'JSON')
 

@@ -130,13 +130,15 @@ class DeviceSide {
     const id = this.registry.get(deviceId, moduleId)
     if (!id) return refuse(5, `unknown ${moduleId ? 'module' : 'device'} '${client.id}'`)
 
-    // {HostName}/{deviceId}[/{moduleId}]/?api-version=...[&more]
-    const prefix = `${this.registry.hostName}/${client.id}/?`
+    // {HostName}/{deviceId}[/{moduleId}]/?api-version=...[&more]; the host name compares
+    // case-insensitively, the ids (case-sensitive in IoT Hub) exactly.
+    const host = this.registry.hostName
     const user = username || ''
-    if (user.slice(0, prefix.length).toLowerCase() !== prefix.toLowerCase()) {
-      return refuse(5, `user name '${user.slice(0, 200)}' is not '${prefix}api-version=...'`)
+    const rest = `/${client.id}/?`
+    if (user.slice(0, host.length).toLowerCase() !== host.toLowerCase() || !user.startsWith(rest, host.length)) {
+      return refuse(5, `user name '${user.slice(0, 200)}' is not '${host}${rest}api-version=...'`)
     }
-    if (!/(^|&)api-version=[^&]+/.test(user.slice(prefix.length))) {
+    if (!/(^|&)api-version=[^&]+/.test(user.slice(host.length + rest.length))) {
       return refuse(5, 'user name without api-version')
     }
 
