@@ -271,6 +271,12 @@ class AzureHub:
         return self.control("POST", self._path("twins", device_id, module_id, "desired"),
                             {"patch": patch, "notify": notify})
 
+    def send_notification(self, device_id, patch, version, module_id=None):
+        """Sends a desired notification with this patch and $version to the device as it is,
+        without changing the twin (a stale or repeated one). Returns whether it was delivered."""
+        return self.control("POST", self._path("twins", device_id, module_id, "notification"),
+                            {"patch": patch, "version": version})["delivered"]
+
     def replace_desired(self, device_id, doc, notify=True, module_id=None):
         return self.control("POST", self._path("twins", device_id, module_id, "desired"),
                             {"replace": doc, "notify": notify})

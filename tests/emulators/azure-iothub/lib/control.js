@@ -175,10 +175,18 @@ class Control {
     throw new ControlError(404, `no control route ${method} /${segs.join('/')}`)
   }
 
-  // POST /twins/{id}[/modules/{m}]/desired|reported|tags
+  // POST /twins/{id}[/modules/{m}]/desired|reported|tags|notification
   twinChange (t, b, text) {
     const id = this.identity(t.deviceId, t.moduleId)
     const section = t.rest[0]
+    if (section === 'notification') {
+      // A desired notification sent as given, the twin unchanged: the stale or repeated
+      // notification a device may see when the network holds one back.
+      if (typeof b.patch !== 'object' || b.patch === null || !Number.isInteger(b.version)) {
+        throw new ControlError(400, 'give "patch" (an object) and "version" (an integer)')
+      }
+      return { delivered: this.hub.deviceSide.notifyDesired(id, b.patch, b.version) }
+    }
     const replace = b.replace !== undefined
     const value = replace ? b.replace : b.patch
     if (!['desired', 'reported', 'tags'].includes(section)) {
