@@ -91,12 +91,19 @@ def set_desired(hub, patch, **kw):
 
 
 def start(agent, hub, apply=None):
+    """Starts the agent and waits until it answered the twin's current desired $version, so
+    that what a test does next (a fault, a change) meets the agent at rest."""
     if apply is not None:
         agent.configure("apply", "command", apply.command)
     since = hub.mark()
     agent.start()
     hub.wait_event("connect", DEVICE, since=since)
     hub.wait_requests("get", since=since)
+    version = hub.twin(DEVICE)["properties"]["desired"]["$version"]
+    wait_reported(hub, agent,
+                  lambda r: (r.get(STATUS) or {}).get("desiredVersion") == version and
+                  r[STATUS].get("state") in ("success", "failed"),
+                  f"the answer to desired $version {version}")
 
 
 def test_tutorial_flow_first_apply(hub, agent, make_apply):

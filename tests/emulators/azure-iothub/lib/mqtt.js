@@ -91,6 +91,9 @@ class DeviceSide {
   // 1": aedes grants what was asked before authorizeSubscribe runs, so the request itself is
   // lowered as it comes off the wire.
   accept (conn) {
+    // No Nagle, as for every broker the tests use (mosquitto's set_tcp_nodelay): otherwise an
+    // answer waits up to 40 ms for the device's delayed ACK, and timings measure that.
+    conn.setNoDelay(true)
     const client = this.broker.handle(conn)
     client._parser.prependListener('packet', packet => {
       if (packet.cmd !== 'subscribe') return

@@ -68,6 +68,8 @@ class ServiceSide {
     this.server = https.createServer({ key: tlsOptions.key, cert: tlsOptions.cert }, (req, res) => {
       this.handle(req, res).catch(e => this.fail(res, e))
     })
+    // No Nagle (see mqtt.js): a reused connection's answer must not wait for a delayed ACK.
+    this.server.on('secureConnection', sock => sock.setNoDelay(true))
     this.server.on('tlsClientError', () => this.journal.count('tlsErrors'))
   }
 
