@@ -104,6 +104,12 @@ const TwinLimits twin_limits_azure = {
         .integer_max = 4503599627370495LL,
 };
 
+const TwinLimits twin_limits_aws = {
+        .service = "AWS IoT",
+        .max_bytes = TWIN_AWS_STATE_MAX_BYTES,
+        .max_depth = 6,
+};
+
 /* Whether the UTF-8 text holds a C0 or C1 control character or DEL. */
 static bool has_control(const char *s)
 {

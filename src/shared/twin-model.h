@@ -42,6 +42,11 @@ extern const TwinLimits twin_limits_standard;
  * up to 4 KB, integers within +-2^52, depth 10, 32 KiB. */
 extern const TwinLimits twin_limits_azure;
 
+/* AWS IoT's shadow rules: the desired (and the reported) section nests at most 6 levels, and
+ * the stored state (desired and reported together) is at most 8 KB. */
+#define TWIN_AWS_STATE_MAX_BYTES 8192
+extern const TwinLimits twin_limits_aws;
+
 /* Whether key is a valid property key under limits (not empty, no leading '$'). */
 bool twin_limits_key_is_valid(const TwinLimits *limits, const char *key);
 

@@ -91,6 +91,10 @@ static const ConfigKey config_keys[_TWIND_KEY_MAX] = {
                 .min = TOKEN_LIFETIME_MIN, .max = TOKEN_LIFETIME_MAX),
         [TWIND_KEY_AZURE_STATUS_PROPERTY] = KEY("azure", "status_property", parse_string,
                                                 azure_status_property, .def = "twinStatus"),
+        [TWIND_KEY_AWS_THING] = KEY("aws", "thing", parse_string, aws_thing),
+        [TWIND_KEY_AWS_SHADOW] = KEY("aws", "shadow", parse_string, aws_shadow),
+        [TWIND_KEY_AWS_STATUS_PROPERTY] =
+            KEY("aws", "status_property", parse_string, aws_status_property, .def = "twinStatus"),
 };
 
 static void *key_field(TwindConfig *c, enum TwindConfigKey k)
@@ -622,12 +626,22 @@ static bool is_set(const char *s)
         return s && s[0] != '\0';
 }
 
+/* AWS IoT's thing and shadow names: A-Z a-z 0-9 : _ -, 1 to max characters. */
+static bool aws_name_is_valid(const char *s, size_t max)
+{
+        size_t n = s ? strlen(s) : 0;
+
+        return n > 0 && n <= max &&
+               strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:_-") == n;
+}
+
 int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
 {
         BrokerUrl url = { 0 };
         char reason[256] = "";
         bool standard = strcmp(c->dialect, "standard") == 0;
         bool azure = strcmp(c->dialect, "azure") == 0;
+        bool aws = strcmp(c->dialect, "aws") == 0;
         int r;
 
         if (err && errlen > 0)
@@ -716,6 +730,36 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
                 return key_error(c, TWIND_KEY_AZURE_STATUS_PROPERTY, err, errlen,
                                  "'%s' is not a valid IoT Hub property name",
                                  c->azure_status_property);
+
+        if (aws) {
+                if (strncmp(c->broker_url, "mqtts://", 8) != 0)
+                        return key_error(c, TWIND_KEY_BROKER_URL, err, errlen,
+                                         "'%s': AWS IoT needs mqtts:// (mutual TLS)",
+                                         c->broker_url);
+                if (!is_set(c->certfile))
+                        return key_error(c, TWIND_KEY_BROKER_CERTFILE, err, errlen,
+                                         "missing: AWS IoT authenticates the device by its "
+                                         "client certificate (certfile and keyfile)");
+                if (is_set(c->aws_thing) && !aws_name_is_valid(c->aws_thing, 128))
+                        return key_error(c, TWIND_KEY_AWS_THING, err, errlen,
+                                         "'%s' is not a thing name (1 to 128 characters of A-Z "
+                                         "a-z 0-9 : _ -)",
+                                         c->aws_thing);
+                if (!is_set(c->aws_thing) && !aws_name_is_valid(c->device_id, 128))
+                        return key_error(c, TWIND_KEY_DEVICE_ID, err, errlen,
+                                         "'%s' is not a thing name (A-Z a-z 0-9 : _ -): set "
+                                         "[aws] thing",
+                                         c->device_id);
+                if (is_set(c->aws_shadow) && !aws_name_is_valid(c->aws_shadow, 64))
+                        return key_error(c, TWIND_KEY_AWS_SHADOW, err, errlen,
+                                         "'%s' is not a shadow name (1 to 64 characters of A-Z "
+                                         "a-z 0-9 : _ -)",
+                                         c->aws_shadow);
+                if (!twin_limits_key_is_valid(&twin_limits_aws, c->aws_status_property))
+                        return key_error(c, TWIND_KEY_AWS_STATUS_PROPERTY, err, errlen,
+                                         "'%s' is not a valid property name",
+                                         c->aws_status_property);
+        }
         return 0;
 }
 

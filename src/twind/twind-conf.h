@@ -38,6 +38,9 @@ enum TwindConfigKey {
         TWIND_KEY_AZURE_CONNECTION_STRING_FILE,
         TWIND_KEY_AZURE_TOKEN_LIFETIME,
         TWIND_KEY_AZURE_STATUS_PROPERTY,
+        TWIND_KEY_AWS_THING,
+        TWIND_KEY_AWS_SHADOW,
+        TWIND_KEY_AWS_STATUS_PROPERTY,
         _TWIND_KEY_MAX,
 };
 
@@ -54,7 +57,7 @@ typedef struct TwindConfig {
         TwindConfigOrigin origin[_TWIND_KEY_MAX];
 
         /* [broker] */
-        char *dialect; /* "standard", "azure", ...: see twin_dialect_exists() */
+        char *dialect; /* "standard", "azure", "aws": see twin_dialect_exists() */
         char *broker_url;
         char *username;
         char *password_file;
@@ -81,6 +84,11 @@ typedef struct TwindConfig {
         char *azure_connection_string_file;
         uint64_t azure_token_lifetime_usec;
         char *azure_status_property;
+
+        /* [aws] */
+        char *aws_thing;  /* NULL: [device] id */
+        char *aws_shadow; /* NULL: the classic (unnamed) shadow */
+        char *aws_status_property;
 } TwindConfig;
 
 /* Defaults only. Returns 0 or -ENOMEM. */

@@ -18,6 +18,7 @@
 typedef struct TwinDialectSetup {
         uv_loop_t *loop;
         const TwindConfig *config;
+        const json_t *memory; /* see twin_dialect_new(); NULL: none */
         const TwinDialectCallbacks *cb;
         void *userdata;
 } TwinDialectSetup;
@@ -78,6 +79,9 @@ extern const TwinDialectImpl twind_dialect_standard;
 #if HAVE_DIALECT_AZURE
 extern const TwinDialectImpl twind_dialect_azure;
 #endif
+#if HAVE_DIALECT_AWS
+extern const TwinDialectImpl twind_dialect_aws;
+#endif
 
 /* Fills the base. */
 void dialect_init(TwinDialect *d, const TwinDialectImpl *impl, const TwinDialectSetup *setup);
@@ -94,3 +98,4 @@ int dialect_subscribe(TwinDialect *d, const char *topic, int qos, int *ret_mid);
 void dialect_emit_desired(TwinDialect *d, const void *payload, size_t len);
 void dialect_emit_desired_removed(TwinDialect *d);
 void dialect_emit_problem(TwinDialect *d, int error, const char *fmt, ...) _printf_(3, 4);
+void dialect_remember(TwinDialect *d, const json_t *memory);

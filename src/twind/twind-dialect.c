@@ -17,6 +17,9 @@ static const TwinDialectImpl *const dialects[] = {
 #if HAVE_DIALECT_AZURE
         &twind_dialect_azure,
 #endif
+#if HAVE_DIALECT_AWS
+        &twind_dialect_aws,
+#endif
 };
 
 static const TwinDialectImpl *dialect_find(const char *name)
@@ -256,16 +259,23 @@ void dialect_emit_problem(TwinDialect *d, int error, const char *fmt, ...)
                 d->cb.problem(d, error, message, d->userdata);
 }
 
+void dialect_remember(TwinDialect *d, const json_t *memory)
+{
+        if (d->cb.remember && !d->shutting_down)
+                d->cb.remember(d, memory, d->userdata);
+}
+
 /* ---- the interface ----------------------------------------------------------------------------
  */
 
-int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwindConfig *c,
+int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwindConfig *c, const json_t *memory,
                      const TwinDialectCallbacks *cb, void *userdata, char *err, size_t errlen)
 {
         const TwinDialectImpl *impl = dialect_find(c->dialect);
         TwinDialectSetup setup = {
                 .loop = loop,
                 .config = c,
+                .memory = json_is_object(memory) ? memory : NULL,
                 .cb = cb,
                 .userdata = userdata,
         };

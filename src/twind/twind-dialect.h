@@ -38,6 +38,9 @@ typedef struct TwinDialectCallbacks {
          * subscription, a report the service refused. error is a negative errno, message one
          * line without secrets. Lasts until the next connect. */
         void (*problem)(TwinDialect *d, int error, const char *message, void *userdata);
+        /* The dialect's memory changed: the caller keeps memory (a JSON object, borrowed) in
+         * its state file and hands it back to twin_dialect_new() after a restart. */
+        void (*remember)(TwinDialect *d, const json_t *memory, void *userdata);
 } TwinDialectCallbacks;
 
 /* Whether name is a dialect built into this twind. */
@@ -51,9 +54,10 @@ const char *twin_dialect_names(void);
  * (or checks that [device] id matches). Returns 0 or a negative errno with one line in err. */
 int twin_dialect_prepare_config(TwindConfig *c, char *err, size_t errlen);
 
-/* Makes the dialect that c names, with its connection to the service (not started). Returns 0,
- * or a negative errno with one line in err. */
-int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwindConfig *c,
+/* Makes the dialect that c names, with its connection to the service (not started). memory is
+ * what it last asked to be remembered (NULL: nothing; borrowed). Returns 0, or a negative errno
+ * with one line in err. */
+int twin_dialect_new(TwinDialect **ret, uv_loop_t *loop, const TwindConfig *c, const json_t *memory,
                      const TwinDialectCallbacks *cb, void *userdata, char *err, size_t errlen);
 
 /* Starts connecting. */

@@ -664,6 +664,24 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
                 emit_event(m, CONTROL_EVENT_DISCONNECTED, json_pack("{s:s?}", "reason", reason));
 }
 
+static void on_remember(TwinDialect *d, const json_t *memory, void *userdata)
+{
+        Manager *m = userdata;
+        json_t *copy = json_deep_copy(memory);
+        int r;
+
+        if (!m->state->dialects)
+                m->state->dialects = json_object();
+        if (!copy || !m->state->dialects ||
+            json_object_set_new(m->state->dialects, twin_dialect_name(d), copy) < 0) {
+                log_warning_errno(-ENOMEM, "Failed to remember the dialect's state, ignoring");
+                return;
+        }
+        r = save_state(m);
+        if (r < 0)
+                log_warning_errno(r, "Failed to save the dialect's state, ignoring");
+}
+
 static void on_problem(TwinDialect *d, int error, const char *message, void *userdata)
 {
         Manager *m = userdata;
@@ -776,11 +794,13 @@ static int manager_make_dialect(Manager *m, const TwindConfig *c, TwinDialect **
                 .desired = on_desired,
                 .desired_removed = on_desired_removed,
                 .problem = on_problem,
+                .remember = on_remember,
         };
         char err[512] = "";
         int r;
 
-        r = twin_dialect_new(ret, m->loop, c, &callbacks, m, err, sizeof(err));
+        r = twin_dialect_new(ret, m->loop, c, json_object_get(m->state->dialects, c->dialect),
+                             &callbacks, m, err, sizeof(err));
         if (r < 0) {
                 log_error("Cannot set up the connection to the twin service: %s",
                           err[0] ? err : strerror(-r));

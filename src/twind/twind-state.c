@@ -43,6 +43,7 @@ TwinState *twin_state_free(TwinState *s)
                 return NULL;
         json_decref(s->applied);
         json_decref(s->status);
+        json_decref(s->dialects);
         free(s->answered_digest);
         free(s);
         return NULL;
@@ -68,6 +69,11 @@ int twin_state_copy(const TwinState *s, TwinState **ret)
                 if (!c->answered_digest)
                         return -ENOMEM;
         }
+        if (s->dialects) {
+                c->dialects = json_deep_copy(s->dialects);
+                if (!c->dialects)
+                        return -ENOMEM;
+        }
         c->desired_version = s->desired_version;
         c->reported_version = s->reported_version;
         *ret = TAKE_PTR(c);
@@ -91,6 +97,9 @@ int twin_state_encode(const TwinState *s, char **ret)
                 return -ENOMEM;
         if (s->answered_digest &&
             json_object_set_new(root, "answered", json_string(s->answered_digest)) < 0)
+                return -ENOMEM;
+        if (s->dialects && json_object_size(s->dialects) > 0 &&
+            json_object_set(root, "dialects", s->dialects) < 0)
                 return -ENOMEM;
 
         /* Indented: an operator may read it when something went wrong. */
@@ -118,7 +127,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
 {
         _cleanup_(twin_state_freep) TwinState *s = NULL;
         _cleanup_json_ json_t *root = NULL;
-        json_t *format, *applied, *desired, *reported, *status, *answered;
+        json_t *format, *applied, *desired, *reported, *status, *answered, *dialects;
         char reason[256] = "";
         json_error_t jerr;
 
@@ -191,9 +200,14 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
                 return decode_error(err, errlen, -EINVAL,
                                     "answered: not a digest (\"sha256:\" and 64 hex digits)");
 
+        dialects = json_object_get(root, "dialects");
+        if (dialects && !json_is_object(dialects))
+                return decode_error(err, errlen, -EINVAL, "dialects: not an object");
+
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
+        s->dialects = json_incref(dialects);
         if (answered) {
                 s->answered_digest = strdup(json_string_value(answered));
                 if (!s->answered_digest)

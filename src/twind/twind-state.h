@@ -32,6 +32,9 @@ typedef struct TwinState {
          * raw bytes of a refused one), so that a redelivery is told from a new request that
          * reuses its $version and configId; NULL when unknown (a file from an older agent). */
         char *answered_digest;
+        /* What a dialect keeps across restarts, by dialect name (AWS: the shadow version at
+         * which desired last changed); NULL when none. */
+        json_t *dialects;
 } TwinState;
 
 /* Empty state: applied {}, desired_version -1, reported_version 0, status NULL. */
