@@ -11,7 +11,7 @@
  * (a GET or a reported PATCH); a report made meanwhile replaces the one waiting. Throttling
  * (429) and server errors (5xx) are retried with backoff; other refusals are problems, not
  * retried. The SAS token is made anew for every connection attempt and renewed by reconnecting
- * before it runs out.
+ * when a fifth of its life is left.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -53,6 +53,7 @@ typedef struct AzureDialect {
         AzureConnectionString cs;
         char *status_property;
         uint64_t token_lifetime_ms;
+        int64_t token_expiry; /* the se of the token of the last attempt, seconds since the epoch */
 
         /* This connection: subscriptions not yet acknowledged, the request in flight. */
         bool connected;
@@ -107,10 +108,10 @@ static int azure_credentials(TwinDialect *d, char **ret_username, char **ret_pas
                 resource = NULL;
                 return -ENOMEM;
         }
-        /* Whole seconds, rounded down: the hub may close up to a second early, and the renewal
-         * comes well before (azure_connected()). */
-        r = sas_token_make(resource, a->cs.shared_access_key, NULL,
-                           (int64_t)time(NULL) + (int64_t)(a->token_lifetime_ms / 1000), &token);
+        /* Whole seconds, rounded up: the token lives at least token_lifetime; azure_connected()
+         * times the renewal from this expiry. */
+        a->token_expiry = (int64_t)time(NULL) + 1 + (int64_t)(a->token_lifetime_ms / 1000);
+        r = sas_token_make(resource, a->cs.shared_access_key, NULL, a->token_expiry, &token);
         if (r < 0) {
                 snprintf(err, errlen, "cannot make a SAS token: %s", strerror(-r));
                 return r;
@@ -162,14 +163,18 @@ static void azure_connected(TwinDialect *d)
         else
                 log_warning_errno(r, "Failed to subscribe to the twin topics, ignoring");
 
-        /* A token made for this connection lives token_lifetime: renew at four fifths of it,
-         * and at least a second before it runs out. */
+        /* Renew with a fifth of the token's life left, and at least a second: counted from now
+         * to its expiry, so that the time the connection took does not eat the margin. */
         if (!a->cs.x509) {
-                uint64_t renew = a->token_lifetime_ms - a->token_lifetime_ms / 5;
+                struct timespec ts;
+                int64_t left_ms, margin_ms;
 
-                if (renew + 1000 > a->token_lifetime_ms)
-                        renew = a->token_lifetime_ms > 1000 ? a->token_lifetime_ms - 1000 : 0;
-                uv_timer_start(a->renew_timer, on_renew, renew, 0);
+                clock_gettime(CLOCK_REALTIME, &ts);
+                left_ms =
+                    a->token_expiry * 1000 - ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+                margin_ms = left_ms / 5 > 1000 ? left_ms / 5 : 1000;
+                uv_timer_start(a->renew_timer, on_renew,
+                               left_ms > margin_ms ? (uint64_t)(left_ms - margin_ms) : 0, 0);
         }
 }
 
