@@ -571,8 +571,89 @@ static void test_same_client_id(const Broker *b)
         CHECK(ae.retries[1] >= 2000 && ae.retries[1] <= 4000);
         CHECK(ae.retries[2] >= 4000 && ae.retries[2] <= 8000);
         CHECK(ae.retries[0] < ae.retries[1] && ae.retries[1] < ae.retries[2]);
+        /* By the third such loss the reason says what is probably going on. */
+        CHECK(strstr(ae.last_reason, "another client probably uses the same client id "
+                                     "(cloned-device)") != NULL);
         mqtt_client_free(a);
         client_free(loop, bc);
+}
+
+typedef struct Credentials {
+        int calls;
+        bool fail; /* refuse to make credentials: the attempt fails with that reason */
+        uint64_t last_call_ms;
+} Credentials;
+
+static Credentials credentials_state;
+
+static int ev_credentials(MqttClient *c, char **ret_username, char **ret_password, char *err,
+                          size_t errlen, void *userdata)
+{
+        char pw[32];
+
+        credentials_state.calls++;
+        credentials_state.last_call_ms = uv_now(uv_default_loop());
+        if (credentials_state.fail) {
+                snprintf(err, errlen, "no token today");
+                return -EKEYEXPIRED;
+        }
+        snprintf(pw, sizeof(pw), "token-%d", credentials_state.calls);
+        *ret_username = strdup("dev");
+        *ret_password = strdup(pw);
+        return *ret_username && *ret_password ? 0 : -ENOMEM;
+}
+
+/* Credentials made anew for every attempt; a reconnect asked for is not a failure (no
+ * backoff, error 0); the granted QoS of each SUBACK reaches the caller. */
+static void test_credentials_and_reconnect(const Broker *b)
+{
+        static const MqttClientCallbacks cbs = {
+                .connected = ev_connected,
+                .disconnected = ev_disconnected,
+                .message = ev_message,
+                .published = ev_published,
+                .subscribed = ev_subscribed,
+                .credentials = ev_credentials,
+        };
+        uv_loop_t *loop = uv_default_loop();
+        char url[64], err[256];
+        Events e = { 0 };
+        MqttClientOptions o = { .url = url, .client_id = "test-creds", .reconnect = true };
+        MqttClient *c = NULL;
+        uint64_t asked;
+
+        snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", b->port);
+        credentials_state = (Credentials){ 0 };
+        CHECK_INT_EQ(mqtt_client_new(&c, loop, &o, &cbs, &e, err, sizeof(err)), 0);
+        CHECK_INT_EQ(mqtt_client_reconnect(c), -ENOTCONN);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.connected, 1, WAIT_MS));
+        CHECK_INT_EQ(credentials_state.calls, 1);
+        CHECK_INT_EQ(mqtt_client_subscribe(c, "creds/#", 1, &e.last_sub_mid), 0);
+        CHECK(run_until(loop, &e.subscribed, 1, WAIT_MS));
+        CHECK_INT_EQ(e.last_granted, 1);
+
+        asked = uv_now(loop);
+        CHECK_INT_EQ(mqtt_client_reconnect(c), 0);
+        CHECK(run_until(loop, &e.disconnected, 1, WAIT_MS));
+        CHECK_INT_EQ(e.last_error, 0);
+        CHECK_INT_EQ(e.retries[0], 0);
+        CHECK(strstr(e.last_reason, "reconnecting to") != NULL);
+        CHECK(run_until(loop, &e.connected, 2, WAIT_MS));
+        CHECK_INT_EQ(credentials_state.calls, 2);
+        /* At once, not after a backoff of a second or more. */
+        CHECK(credentials_state.last_call_ms - asked < 1000);
+
+        /* Credentials that cannot be made fail the attempt with their reason, retried. */
+        credentials_state.fail = true;
+        CHECK_INT_EQ(mqtt_client_reconnect(c), 0);
+        CHECK(run_until(loop, &e.disconnected, 3, WAIT_MS));
+        CHECK_INT_EQ(e.last_error, -EKEYEXPIRED);
+        CHECK(strstr(e.last_reason, "no token today") != NULL);
+        CHECK(e.retries[2] >= 1000 && e.retries[2] <= 2000);
+        credentials_state.fail = false;
+        CHECK(run_until(loop, &e.connected, 3, WAIT_MS));
+        client_free(loop, c);
 }
 
 /* The broker goes away and comes back on the same port. */
@@ -944,6 +1025,7 @@ int main(void)
         test_will(&b);
         test_resolve(&b);
         test_same_client_id(&b);
+        test_credentials_and_reconnect(&b);
         broker_stop(&b);
 
         test_reconnect();
