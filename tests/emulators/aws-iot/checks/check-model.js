@@ -53,7 +53,8 @@ test('nested objects merge; null removes a key; a null section removes the secti
     { state: { desired: { lights: { color: { g: null, b: 3 } }, engine: null } } })
   assert.deepEqual(rec.state.desired, { lights: { color: { r: 1, b: 3 } } })
   assert.deepEqual(rec.metadata.desired, { lights: { color: { r: { timestamp: NOW }, b: { timestamp: NOW } } } })
-  assert.deepEqual(r.accepted.metadata.desired, { lights: { color: { g: { timestamp: NOW }, b: { timestamp: NOW } } }, engine: { timestamp: NOW } })
+  assert.deepEqual(r.accepted.metadata.desired,
+    { lights: { color: { g: { timestamp: NOW }, b: { timestamp: NOW } } }, engine: { timestamp: NOW } })
   const [r2, rec2] = updates({ state: { desired: { a: 1 }, reported: { a: 2 } } }, { state: { reported: { a: 1 }, desired: null } })
   assert.equal(rec2.state.desired, undefined)
   assert.deepEqual(r2.accepted.state, { reported: { a: 1 }, desired: null })
@@ -76,7 +77,8 @@ test('delta: desired fields missing from or different in reported, with the path
     { state: { reported: { color: 'GREEN', engine: 'ON', lights: { color: { r: 255, g: 0, b: 255 } } } } },
     { state: { desired: { color: 'RED', state: 'STOP', lights: { color: { r: 255, g: 255, b: 255 } } } } })
   assert.deepEqual(r.delta.state, { color: 'RED', state: 'STOP', lights: { color: { g: 255 } } })
-  assert.deepEqual(r.delta.metadata, { color: { timestamp: NOW }, state: { timestamp: NOW }, lights: { color: { g: { timestamp: NOW } } } })
+  assert.deepEqual(r.delta.metadata,
+    { color: { timestamp: NOW }, state: { timestamp: NOW }, lights: { color: { g: { timestamp: NOW } } } })
   assert.equal(r.delta.version, 2)
   const g = m.getDocument(rec, req('get', ''), NOW, 'dev')
   assert.deepEqual(g.payload.state.delta, r.delta.state)
@@ -97,7 +99,8 @@ test('delta: a report alone publishes no delta; a desired update matching report
 
 test('version: an update carrying the current version is accepted, another one is 409', () => {
   const [, rec] = updates({ state: { desired: { colors: ['RED'] } } })
-  const stale = m.applyUpdate(rec, req('update', { state: { desired: { colors: ['BLUE'] } }, version: 9, clientToken: 't' }), NOW)
+  const staleReq = req('update', { state: { desired: { colors: ['BLUE'] } }, version: 9, clientToken: 't' })
+  const stale = m.applyUpdate(rec, staleReq, NOW)
   assert.deepEqual(stale.error, { code: 409, message: 'Version conflict' })
   assert.equal(stale.clientToken, 't')
   const ok = m.applyUpdate(rec, req('update', { state: { desired: { colors: ['BLUE'] } }, version: 1 }), NOW)
@@ -187,7 +190,8 @@ test('request topics, classic and named', () => {
   assert.deepEqual(m.parseRequestTopic('$aws/things/dev-1/shadow/update'), { thing: 'dev-1', shadow: null, kind: 'update' })
   assert.deepEqual(m.parseRequestTopic('$aws/things/dev-1/shadow/name/cfg/get'), { thing: 'dev-1', shadow: 'cfg', kind: 'get' })
   for (const t of ['$aws/things/dev-1/shadow/update/accepted', '$aws/things/dev-1/shadow/name/get',
-    '$aws/things/dev 1/shadow/get', '$aws/things/dev-1/jobs/get', '$aws/things/dev-1/shadow/name/' + 'x'.repeat(65) + '/get']) {
+    '$aws/things/dev 1/shadow/get', '$aws/things/dev-1/jobs/get',
+    '$aws/things/dev-1/shadow/name/' + 'x'.repeat(65) + '/get']) {
     assert.equal(m.parseRequestTopic(t), null, t)
   }
 })

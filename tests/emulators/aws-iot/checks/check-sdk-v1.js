@@ -36,7 +36,10 @@ function shadowClient (name, clientId) {
 async function connectAndRegister (ts) {
   await c.waitFor(ts, 'connect', () => true, T, 'connect')
   await new Promise((resolve, reject) => {
-    ts.register(THING, { persistentSubscribe: true }, (err, failed) => (err ? reject(new Error(`register: ${err} ${JSON.stringify(failed)}`)) : resolve()))
+    ts.register(THING, { persistentSubscribe: true }, (err, failed) => {
+      if (err) reject(new Error(`register: ${err} ${JSON.stringify(failed)}`))
+      else resolve()
+    })
   })
 }
 

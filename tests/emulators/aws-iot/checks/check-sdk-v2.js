@@ -16,6 +16,7 @@ const rr = c.requireOrSkip('aws-crt').mqtt_request_response // the SDK's own dep
 const THING = 'dev-2'
 const SHADOW = 'config'
 const T = 10000
+const N = { thingName: THING, shadowName: SHADOW }
 const Q1 = mqtt.QoS.AtLeastOnce
 
 let certs
@@ -25,7 +26,8 @@ let shadow
 const streams = []
 
 function connection (name, clientId) {
-  const cfg = iot.AwsIotMqttConnectionConfigBuilder.new_mtls_builder_from_path(certs.file(name, 'crt'), certs.file(name, 'key'))
+  const builder = iot.AwsIotMqttConnectionConfigBuilder
+  const cfg = builder.new_mtls_builder_from_path(certs.file(name, 'crt'), certs.file(name, 'key'))
     .with_certificate_authority_from_path(undefined, certs.file('ca', 'crt'))
     .with_endpoint('localhost')
     .with_port(emu.mqttPort)
@@ -69,13 +71,13 @@ const steps = [
   }],
 
   ['getNamedShadow of a shadow never written is rejected with 404', async () => {
-    const err = await rejection(shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW }))
+    const err = await rejection(shadow.getNamedShadow(N))
     assert.equal(err.code, 404)
     assert.match(err.message, new RegExp(`No shadow exists with name: ${SHADOW}`))
   }],
 
   ['updateNamedShadow creates the shadow; the classic shadow stays apart', async () => {
-    const r = await shadow.updateNamedShadow({ thingName: THING, shadowName: SHADOW, state: { reported: { rate: 5, tags: ['a', 'b'] } } })
+    const r = await shadow.updateNamedShadow({ ...N, state: { reported: { rate: 5, tags: ['a', 'b'] } } })
     assert.equal(r.version, 1)
     assert.deepEqual(r.state.reported, { rate: 5, tags: ['a', 'b'] })
     const named = (await c.control(emu, 'GET', `/things/${THING}/shadow?name=${SHADOW}`)).body
@@ -85,8 +87,8 @@ const steps = [
   }],
 
   ['a foreign desired update arrives on the delta and documents streams', async () => {
-    const deltas = shadow.createNamedShadowDeltaUpdatedStream({ thingName: THING, shadowName: SHADOW })
-    const docs = shadow.createNamedShadowUpdatedStream({ thingName: THING, shadowName: SHADOW })
+    const deltas = shadow.createNamedShadowDeltaUpdatedStream(N)
+    const docs = shadow.createNamedShadowUpdatedStream(N)
     await openStream(deltas)
     await openStream(docs)
     const deltaP = c.waitFor(deltas, 'incomingPublish', () => true, T, 'delta event')
@@ -105,37 +107,37 @@ const steps = [
   }],
 
   ['getNamedShadow shows the delta; an update answers with the echoed request', async () => {
-    const g = await shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW })
+    const g = await shadow.getNamedShadow(N)
     assert.equal(g.version, 2)
     assert.deepEqual(g.state.delta, { rate: 10 })
-    const u = await shadow.updateNamedShadow({ thingName: THING, shadowName: SHADOW, state: { reported: { rate: 10 } }, version: 2 })
+    const u = await shadow.updateNamedShadow({ ...N, state: { reported: { rate: 10 } }, version: 2 })
     assert.equal(u.version, 3)
     assert.deepEqual(u.state, { reported: { rate: 10 } })
-    const g2 = await shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW })
+    const g2 = await shadow.getNamedShadow(N)
     assert.equal(g2.state.delta, undefined)
   }],
 
   ['a stale version is rejected with 409 through the request-response client', async () => {
-    const err = await rejection(shadow.updateNamedShadow({ thingName: THING, shadowName: SHADOW, state: { reported: { rate: 11 } }, version: 1 }))
+    const err = await rejection(shadow.updateNamedShadow({ ...N, state: { reported: { rate: 11 } }, version: 1 }))
     assert.equal(err.code, 409)
   }],
 
   ['injected faults (429, 500) reach the SDK as rejections, then service resumes', async () => {
     assert.equal((await c.control(emu, 'POST', '/faults', { count: 1, code: 429, kind: 'update' })).status, 201)
     assert.equal((await c.control(emu, 'POST', '/faults', { count: 1, code: 500, kind: 'get' })).status, 201)
-    const e1 = await rejection(shadow.updateNamedShadow({ thingName: THING, shadowName: SHADOW, state: { reported: { rate: 12 } } }))
+    const e1 = await rejection(shadow.updateNamedShadow({ ...N, state: { reported: { rate: 12 } } }))
     assert.equal(e1.code, 429)
-    const e2 = await rejection(shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW }))
+    const e2 = await rejection(shadow.getNamedShadow(N))
     assert.equal(e2.code, 500)
-    const g = await shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW })
+    const g = await shadow.getNamedShadow(N)
     assert.equal(g.version, 3)
   }],
 
   ['IotShadowClient bodies carry thingName and shadowName: they are ignored', async () => {
     const old = new iotshadow.IotShadowClient(conn)
     const acceptedP = new Promise((resolve, reject) => {
-      old.subscribeToUpdateNamedShadowAccepted({ thingName: THING, shadowName: SHADOW }, Q1, (err, resp) => (err ? reject(err) : resolve(resp)))
-        .then(() => old.publishUpdateNamedShadow({ thingName: THING, shadowName: SHADOW, clientToken: 'old-client', state: { reported: { mode: 'x' } } }, Q1))
+      old.subscribeToUpdateNamedShadowAccepted(N, Q1, (err, resp) => (err ? reject(err) : resolve(resp)))
+        .then(() => old.publishUpdateNamedShadow({ ...N, clientToken: 'old-client', state: { reported: { mode: 'x' } } }, Q1))
         .catch(reject)
     })
     const timer = new Promise((resolve, reject) => setTimeout(() => reject(new Error('no update/accepted')), T))
@@ -147,11 +149,11 @@ const steps = [
   }],
 
   ['deleteNamedShadow keeps the version counter', async () => {
-    const d = await shadow.deleteNamedShadow({ thingName: THING, shadowName: SHADOW })
+    const d = await shadow.deleteNamedShadow(N)
     assert.equal(d.version, 4)
-    const err = await rejection(shadow.getNamedShadow({ thingName: THING, shadowName: SHADOW }))
+    const err = await rejection(shadow.getNamedShadow(N))
     assert.equal(err.code, 404)
-    const u = await shadow.updateNamedShadow({ thingName: THING, shadowName: SHADOW, state: { desired: { rate: 1 } } })
+    const u = await shadow.updateNamedShadow({ ...N, state: { desired: { rate: 1 } } })
     assert.equal(u.version, 5)
   }]
 ]

@@ -18,7 +18,8 @@ function requireOrSkip (name) {
     return require(name)
   } catch (e) {
     if (e.code !== 'MODULE_NOT_FOUND') throw e
-    process.stdout.write(`SKIP: ${name} is not installed (run scripts/install-deps, or npm ci in ${path.dirname(__dirname)})\n`)
+    const dir = path.dirname(__dirname)
+    process.stdout.write(`SKIP: ${name} is not installed (run scripts/install-deps, or npm ci in ${dir})\n`)
     process.exit(SKIP)
   }
 }

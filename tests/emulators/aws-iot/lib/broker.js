@@ -75,6 +75,7 @@ class Broker {
   }
 
   close () {
+    for (const c of Object.values(this.aedes.clients)) this.setReason(c, REASON.SERVER)
     return new Promise((resolve) => {
       this.server.close()
       this.aedes.close(() => resolve())
@@ -93,7 +94,9 @@ class Broker {
   onSecureConnection (socket) {
     // AWS refuses connections without the SNI extension (mqtt.md).
     if (!socket.servername) {
-      this.record({ event: 'tls-refused', reason: 'NO_SNI', detail: 'no server name indication', remote: remoteOf(socket) })
+      this.record({
+        event: 'tls-refused', reason: 'NO_SNI', detail: 'no server name indication', remote: remoteOf(socket)
+      })
       socket.destroy()
       return
     }
@@ -119,7 +122,9 @@ class Broker {
     } else {
       // aedes writes only the codes of MQTT 3.1.1; AWS answers 7 where the spec says 5
       // (mqtt.md, "AWS IoT differences"), so the CONNACK is written here.
-      client.conn.end(Buffer.from([0x20, 0x02, 0x00, returnCode]))
+      const conn = client.conn
+      conn.end(Buffer.from([0x20, 0x02, 0x00, returnCode]))
+      setTimeout(() => conn.destroy(), 2000).unref() // a peer that never closes its side
     }
     cb(null, false)
   }
@@ -289,7 +294,7 @@ class Broker {
   // --- publish and subscribe -----------------------------------------------------------------
 
   forbid (client, reason, what, cb) {
-    this.record({ event: 'forbidden', clientId: client.id, connId: client.aws && client.aws.connId, reason, what })
+    this.record({ event: 'forbidden', clientId: client.id, connId: client.aws.connId, reason, what })
     this.setReason(client, reason === 'client error' ? REASON.CLIENT_ERROR : REASON.AUTH)
     cb(new Error(`${what}: ${reason}`))
   }
@@ -332,7 +337,9 @@ class Broker {
       } else if (t[0] === '$aws' && t[1] === 'events') {
         ok = entry.events
       }
-      if (!ok) return this.forbid(client, 'topic filter not allowed by policy', `subscribe to ${sub.topic}`, cb)
+      if (!ok) {
+        return this.forbid(client, 'topic filter not allowed by policy', `subscribe to ${sub.topic}`, cb)
+      }
     }
     cb(null, sub)
   }

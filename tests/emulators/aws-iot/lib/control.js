@@ -23,7 +23,8 @@ function shadowArgs (ctx) {
   const thing = ctx.params.thing
   const shadow = ctx.query.get('name')
   need(validName(thing, LIMITS.thingNameBytes), 'thing name: 1 to 128 of A-Z a-z 0-9 : _ -')
-  need(shadow === null || validName(shadow, LIMITS.shadowNameBytes), 'shadow name: 1 to 64 of A-Z a-z 0-9 : _ -')
+  need(shadow === null || validName(shadow, LIMITS.shadowNameBytes),
+    'shadow name: 1 to 64 of A-Z a-z 0-9 : _ -')
   return [thing, shadow]
 }
 
@@ -66,12 +67,14 @@ function routes (broker, service, registry) {
     ['GET', '/refusal', () => [200, broker.refusal]],
     ['PUT', '/refusal', (ctx) => {
       const b = ctx.body || {}
-      need(b.seconds === undefined || (typeof b.seconds === 'number' && b.seconds > 0), 'seconds: a positive number')
+      need(b.seconds === undefined || (typeof b.seconds === 'number' && b.seconds > 0),
+        'seconds: a positive number')
       const returnCode = b.returnCode === undefined ? 3 : b.returnCode
       need(Number.isInteger(returnCode) && returnCode >= 1 && returnCode <= 255, 'returnCode: 1 to 255')
       const mode = b.mode || 'connack'
       need(mode === 'connack' || mode === 'close', "mode: 'connack' or 'close'")
-      broker.refusal = { until: b.seconds === undefined ? null : Date.now() + b.seconds * 1000, returnCode, mode }
+      const until = b.seconds === undefined ? null : Date.now() + b.seconds * 1000
+      broker.refusal = { until, returnCode, mode }
       return [200, broker.refusal]
     }],
     ['DELETE', '/refusal', () => {

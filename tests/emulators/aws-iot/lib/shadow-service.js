@@ -58,7 +58,13 @@ class ShadowService {
       throw new Error('code: an HTTP error code (400 to 599), or drop: true')
     }
     if (spec.message !== undefined && typeof spec.message !== 'string') throw new Error('message: a string')
-    const fault = { remaining: count, kind: spec.kind || null, code: drop ? null : spec.code, drop, message: spec.message || null }
+    const fault = {
+      remaining: count,
+      kind: spec.kind || null,
+      code: drop ? null : spec.code,
+      drop,
+      message: spec.message || null
+    }
     this.faults.push(fault)
     return fault
   }
@@ -73,7 +79,8 @@ class ShadowService {
 
   count (op, origin) {
     this.counters.requests[op.kind]++
-    const c = this.counters.byClient[origin.clientId] || (this.counters.byClient[origin.clientId] = zeroCounts())
+    const byClient = this.counters.byClient
+    const c = byClient[origin.clientId] || (byClient[origin.clientId] = zeroCounts())
     c[op.kind]++
     const k = String(origin.connId)
     const b = this.counters.byConnection[k] ||
@@ -150,7 +157,8 @@ class ShadowService {
     const parsed = model.parseRequest(kind, payload)
     const r = this.apply({ thing, shadow, kind }, parsed, now)
     if (r.error) {
-      return { status: r.error.code, body: model.errorDocument(r.error.code, r.error.message, r.clientToken, now) }
+      const body = model.errorDocument(r.error.code, r.error.message, r.clientToken, now)
+      return { status: r.error.code, body }
     }
     if (kind === 'update') this.notify(model.topicPrefix(thing, shadow), r)
     return { status: 200, body: r.accepted }
