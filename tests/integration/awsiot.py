@@ -147,8 +147,9 @@ class AwsIotEmulator:
         self.proc = subprocess.Popen(
             [node, EMULATOR, "--ca", self.ca, "--cert", self.server_cert, "--key",
              self.server_key, "--mqtt-port", str(self.mqtt_port), "--control-port",
-             str(self.control_port)],
-            stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL)
+             str(self.control_port), "--exit-with-stdin"],
+            # stdin is a pipe from this process: should the test die, the emulator stops too.
+            stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.PIPE)
         logf.close()
         line = self._read_startup_line(timeout * SCALE)
         info = json.loads(line)
@@ -173,7 +174,7 @@ class AwsIotEmulator:
                 chunk = os.read(self.proc.stdout.fileno(), 4096)
                 if not chunk:
                     rc = self.proc.wait(5)
-                    self.proc = None
+                    self._release()
                     raise AssertionError(
                         f"emulator exited with {rc} before listening:\n{self.log_tail()}")
                 buf += chunk
@@ -190,15 +191,18 @@ class AwsIotEmulator:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-        self.proc.stdout.close()
-        self.proc = None
+        self._release()
 
     def kill(self):
         if self.proc is None:
             return
         self.proc.kill()
         self.proc.wait(5)
+        self._release()
+
+    def _release(self):
         self.proc.stdout.close()
+        self.proc.stdin.close()
         self.proc = None
 
     def restart(self):

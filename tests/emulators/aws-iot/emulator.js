@@ -3,7 +3,8 @@
 // AWS IoT Device Shadow emulator for twind's tests: MQTT 3.1.1 over mutual TLS on one loopback
 // port, a plain-HTTP JSON control API on another. Once both listen it prints one JSON line on
 // stdout, {"event":"listening","mqttPort":...,"controlPort":...,"pid":...}; everything else it
-// logs goes to stderr, one JSON object a line. SIGTERM or SIGINT stops it. See README.md.
+// logs goes to stderr, one JSON object a line. SIGTERM or SIGINT stops it, and so does the end
+// of stdin with --exit-with-stdin (a test that dies leaves no emulator behind). See README.md.
 'use strict'
 
 const fs = require('fs')
@@ -14,14 +15,16 @@ const { createControlServer } = require('./lib/control')
 
 const USAGE = `usage: emulator.js --ca FILE --cert FILE --key FILE [--host 127.0.0.1]
                    [--mqtt-port 0] [--control-port 0] [--register FILE.json]...
+                   [--exit-with-stdin]
   --ca            CA certificate(s) that client certificates must chain to
   --cert, --key   the server's certificate and key (SAN DNS:localhost,IP:127.0.0.1)
   --mqtt-port     MQTT over TLS port (0: any free port)
   --control-port  control API port (0: any free port)
   --register      a JSON file with one certificate registration or a list of them
-                  (the body of POST /certificates)`
+                  (the body of POST /certificates)
+  --exit-with-stdin  stop when stdin reaches its end (give it a pipe from the test)`
 
-// [option, key, parser]: one row per option.
+// [option, key, parser]: one row per option; a flag has no parser and takes no value.
 const OPTIONS = [
   ['--ca', 'ca', String],
   ['--cert', 'cert', String],
@@ -29,7 +32,8 @@ const OPTIONS = [
   ['--host', 'host', String],
   ['--mqtt-port', 'mqttPort', port],
   ['--control-port', 'controlPort', port],
-  ['--register', 'register', String]
+  ['--register', 'register', String],
+  ['--exit-with-stdin', 'exitWithStdin', null]
 ]
 
 function port (s) {
@@ -39,13 +43,17 @@ function port (s) {
 }
 
 function parseArgs (argv) {
-  const opts = { host: '127.0.0.1', mqttPort: 0, controlPort: 0, register: [] }
+  const opts = { host: '127.0.0.1', mqttPort: 0, controlPort: 0, register: [], exitWithStdin: false }
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--help' || argv[i] === '-h') {
       process.stdout.write(USAGE + '\n')
       process.exit(0)
     }
     const row = OPTIONS.find((o) => o[0] === argv[i])
+    if (row && row[2] === null) {
+      opts[row[1]] = true
+      continue
+    }
     if (!row || i + 1 >= argv.length) throw new Error(`unknown option or missing value: ${argv[i]}`)
     const value = row[2](argv[++i])
     if (row[1] === 'register') opts.register.push(value)
@@ -103,6 +111,11 @@ async function main () {
   }
   process.on('SIGTERM', stop)
   process.on('SIGINT', stop)
+  if (opts.exitWithStdin) {
+    process.stdin.on('end', stop)
+    process.stdin.on('error', stop)
+    process.stdin.resume()
+  }
 
   process.stdout.write(JSON.stringify({
     event: 'listening',

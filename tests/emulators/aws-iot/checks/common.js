@@ -58,8 +58,9 @@ function makeCerts (clients) {
  *  its start-up line, rejects if it exits first or takes longer than timeoutMs. */
 function startEmulator (certs, { node = process.execPath, timeoutMs = 15000 } = {}) {
   return new Promise((resolve, reject) => {
+    // stdin is a pipe from this process: should it die, the emulator stops too.
     const child = spawn(node, [EMULATOR, '--ca', certs.file('ca', 'crt'), '--cert', certs.file('server', 'crt'),
-      '--key', certs.file('server', 'key')], { stdio: ['ignore', 'pipe', 'pipe'] })
+      '--key', certs.file('server', 'key'), '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] })
     let out = ''
     let err = ''
     const timer = setTimeout(() => {
