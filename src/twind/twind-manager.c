@@ -761,7 +761,8 @@ static void on_desired_removed(TwinDialect *d, void *userdata)
 
         /* The newest word from the service side is "nothing": whatever was held is skipped,
          * and there is nothing left to reapply. What runs stays applied. */
-        log_info("Desired document removed on the broker; keeping the applied configuration");
+        log_info("The twin has no desired document (removed, or never set); keeping the applied "
+                 "configuration");
         free(m->held.payload);
         m->held = (HeldDesired){ 0 };
         json_decref(m->desired);
