@@ -113,6 +113,8 @@ static TwinState *sample_state(void)
                               "configId", 3, "updatedAt", "2026-11-26T09:41:58Z");
         s->answered_digest =
             strdup("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
+        s->dialects =
+            json_pack("{s:{s:s, s:I}}", "aws", "thing", "dev-1", "desiredVersion", (json_int_t)7);
         return s;
 }
 
@@ -257,6 +259,8 @@ static void test_decode_refusals(void)
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
                              ", \"status\": {\"state\": \"done\"}}",
                              "status: state is not pending, success or failed");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"dialects\": []}",
+                             "dialects: not an object");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"answered\": 1}",
                              "answered: not a digest");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
