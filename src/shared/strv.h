@@ -3,6 +3,7 @@
 
 /* NULL-terminated string vectors, and command-line splitting without a shell. */
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "macro.h"
@@ -13,6 +14,9 @@ DEFINE_FREE_FUNC(char *, strv_free)
 #define _cleanup_strv_free_ _cleanup_(strv_freep)
 
 size_t strv_length(char *const *l);
+
+/* Whether l (may be NULL) holds the string s. */
+bool strv_contains(char *const *l, const char *s);
 
 /*
  * Splits a command line into words the way systemd's ExecStart= does for the common cases:

@@ -43,6 +43,7 @@ struct BrokerSession {
         bool interrupted;
 
         uint64_t sync_sent, sync_received;
+        unsigned subscribes_pending; /* SUBSCRIBEs sent and not yet acknowledged */
         int awaited_mid;
         bool awaited_mid_done;
 
@@ -96,6 +97,15 @@ static void on_published(MqttClient *c, int mid, void *userdata)
 
         if (mid == s->awaited_mid)
                 s->awaited_mid_done = true;
+}
+
+static void on_subscribed(MqttClient *c, int mid, size_t n_granted, const int *granted,
+                          void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        if (s->subscribes_pending > 0)
+                s->subscribes_pending--;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -180,6 +190,7 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
                 .disconnected = on_disconnected,
                 .message = on_message,
                 .published = on_published,
+                .subscribed = on_subscribed,
         };
         _cleanup_broker_session_ BrokerSession *s = NULL;
         char token[33], err[256] = "";
@@ -272,10 +283,14 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
                 return -ENOTCONN;
         }
 
-        /* Subscribed first: a later sync proves every subscription before it took effect. */
-        r = mqtt_client_subscribe(s->client, s->sync_topic, 0, NULL);
-        if (r < 0)
-                return log_error_errno(r, "Failed to subscribe to %s", s->sync_topic);
+        /* Subscribed first: a later sync proves every subscription before it took effect. AWS
+         * IoT needs none (its GET answers prove them), and its policies may not allow it. */
+        if (!args->aws) {
+                r = mqtt_client_subscribe(s->client, s->sync_topic, 0, NULL);
+                if (r < 0)
+                        return log_error_errno(r, "Failed to subscribe to %s", s->sync_topic);
+                s->subscribes_pending++;
+        }
 
         *ret = TAKE_PTR(s);
         return 0;
@@ -287,7 +302,24 @@ int broker_session_subscribe(BrokerSession *s, const char *pattern)
 
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to %s", pattern);
+        s->subscribes_pending++;
         return 0;
+}
+
+static bool subscribed_all(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return s->subscribes_pending == 0;
+}
+
+int broker_session_wait_subscribed(BrokerSession *s, uint64_t deadline_ms)
+{
+        int r = broker_session_wait(s, subscribed_all, s, deadline_ms);
+
+        if (r == -ETIMEDOUT)
+                log_error("broker %s did not acknowledge a subscription in time", s->url);
+        return r;
 }
 
 static bool sync_done(void *userdata)
@@ -301,6 +333,12 @@ int broker_session_sync(BrokerSession *s, uint64_t deadline_ms)
 {
         char payload[32];
         int r, n;
+
+        /* A broker may handle a connection's packets concurrently (aedes): a publish right
+         * behind a SUBSCRIBE could be routed before the subscription exists. */
+        r = broker_session_wait_subscribed(s, deadline_ms);
+        if (r < 0)
+                return r;
 
         s->sync_sent++;
         n = snprintf(payload, sizeof payload, "%" PRIu64, s->sync_sent);
@@ -379,24 +417,4 @@ BrokerSession *broker_session_free(BrokerSession *s)
         free(s->url);
         free(s);
         return NULL;
-}
-
-int broker_error_to_exit(int r)
-{
-        switch (-r) {
-        case 0:
-                return TWINCTL_EXIT_SUCCESS;
-        case ENOTCONN:
-        case ECONNRESET:
-                return TWINCTL_EXIT_UNREACHABLE;
-        case EACCES:
-        case EPERM:
-                return TWINCTL_EXIT_ACCESS_DENIED;
-        case ETIMEDOUT:
-                return TWINCTL_EXIT_TIMEOUT;
-        case EINVAL:
-                return TWINCTL_EXIT_USAGE;
-        default:
-                return TWINCTL_EXIT_FAILURE;
-        }
 }

@@ -36,6 +36,10 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
  * broker_session_sync() proves it took effect. Returns 0 or a logged negative errno. */
 int broker_session_subscribe(BrokerSession *s, const char *pattern);
 
+/* Returns once the broker acknowledged every SUBSCRIBE sent so far, when each subscription
+ * exists. Returns 0 or a logged negative errno (-ETIMEDOUT, -ECONNRESET, -EINTR). */
+int broker_session_wait_subscribed(BrokerSession *s, uint64_t deadline_ms);
+
 /* Returns once every retained message of the subscriptions made so far has been delivered: it
  * round-trips a message on a private topic, which the broker queues behind them. Returns 0 or a
  * logged negative errno (-ETIMEDOUT, -ECONNRESET, -EINTR). */
@@ -62,6 +66,3 @@ const char *broker_session_url(const BrokerSession *s);
 BrokerSession *broker_session_free(BrokerSession *s);
 DEFINE_FREE_FUNC(BrokerSession, broker_session_free)
 #define _cleanup_broker_session_ _cleanup_(broker_session_freep)
-
-/* Maps a negative errno from this module to an exit code. */
-int broker_error_to_exit(int r);

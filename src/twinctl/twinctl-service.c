@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* The service-side verbs: get, set, watch and list, through the broker. */
+/* The service-side verbs: get, set, watch, list and query, through a back end
+ * (twinctl-backend.h): the broker, IoT Hub or AWS IoT. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,15 +11,17 @@
 #include "log.h"
 #include "macro.h"
 #include "twin-model.h"
-#include "twinctl-broker.h"
+#include "twinctl-backend.h"
 #include "twinctl-device.h"
 #include "twinctl-output.h"
+#include "strv.h"
 #include "twinctl.h"
 #include "utf8.h"
 
 typedef struct Service {
         const TwinctlArgs *args;
-        json_t *map;           /* devices seen, see device_map_update() */
+        TwinBackend *backend;
+        json_t *map;           /* the back end's devices, borrowed */
         const char *device_id; /* the one device of get/set/watch, NULL for list */
 
         /* watch: what was printed last, to print only changes */
@@ -30,7 +33,9 @@ typedef struct Service {
          * came back; superseded: a different desired document arrived after our read, raced when
          * before our echo (so ours overwrote it), deleted when it was an empty payload; answer:
          * the device's $status for ours, taken only after our PUBACK so that one already on the
-         * broker (or a late one for an older document) does not count. */
+         * broker (or a late one for an older document) does not count. wait_version is -1 until
+         * a cloud's back end named the version of our request; until then published is
+         * compared without its $version. */
         json_t *published;
         int64_t wait_version;
         bool seen_own;
@@ -41,7 +46,7 @@ typedef struct Service {
 
 static void service_done(Service *s)
 {
-        json_decref(s->map);
+        twin_backend_free(s->backend);
         json_decref(s->seen_desired);
         json_decref(s->seen_props);
         json_decref(s->seen_status);
@@ -220,13 +225,25 @@ static bool set_status_answers(const Service *s, const json_t *status)
         return state && (strcmp(state, "success") == 0 || strcmp(state, "failed") == 0);
 }
 
+/* Whether doc is ours: the document we sent, its $version the one of our request (or, while
+ * that is not known yet, any). */
+static bool is_own_document(const Service *s, const json_t *doc)
+{
+        if (!doc)
+                return false;
+        if (s->wait_version >= 0)
+                return twin_document_version(doc) == s->wait_version &&
+                       twin_properties_equal(doc, s->published);
+        return twin_properties_equal(doc, s->published);
+}
+
 /* set: follows the desired and reported documents after ours was sent (see Service). */
-static void set_track(Service *s, BrokerSession *b, enum DeviceKind kind, const json_t *entry)
+static void set_track(Service *s, enum DeviceKind kind, const json_t *entry)
 {
         json_t *doc = device_entry_get(entry, kind);
 
         if (kind == DEVICE_KIND_DESIRED) {
-                if (doc && json_equal(doc, s->published))
+                if (is_own_document(s, doc))
                         s->seen_own = true;
                 else if (!s->superseded) {
                         s->superseded = true;
@@ -234,7 +251,8 @@ static void set_track(Service *s, BrokerSession *b, enum DeviceKind kind, const 
                         s->deleted = !doc;
                         s->superseded_by = doc ? twin_document_version(doc) : -1;
                 }
-        } else if (kind == DEVICE_KIND_REPORTED && !s->answer && broker_session_published(b)) {
+        } else if (kind == DEVICE_KIND_REPORTED && !s->answer && s->wait_version >= 0 &&
+                   s->backend->impl->acknowledged(s->backend)) {
                 json_t *status = device_reported_status(doc);
 
                 if (set_status_answers(s, status))
@@ -242,68 +260,33 @@ static void set_track(Service *s, BrokerSession *b, enum DeviceKind kind, const 
         }
 }
 
-static void on_message(BrokerSession *b, const char *topic, const void *payload, size_t len,
-                       void *userdata)
+static void on_change(TwinBackend *b, const char *id, enum DeviceKind kind, const json_t *entry,
+                      void *userdata)
 {
         Service *s = userdata;
-        enum DeviceKind kind;
-        const char *id;
-        json_t *entry;
-        int r;
 
-        r = device_map_update(s->map, s->args->topic_root, topic, payload, len, &id, &kind);
-        if (r == -ENOENT)
-                return;
-        if (r == -ENOMEM) {
-                log_error_errno(r, "Out of memory");
-                exit(TWINCTL_EXIT_FAILURE);
-        }
-        if (r == -EBADMSG)
-                log_warning("%s document of %s is not a JSON object, ignoring it",
-                            device_kind_to_string(kind), id);
         if (s->device_id && strcmp(id, s->device_id) != 0)
                 return;
-        entry = service_entry(s, id);
-
         if (s->published)
-                set_track(s, b, kind, entry);
+                set_track(s, kind, entry);
         if (s->watching)
                 watch_changes(s, kind, entry);
 }
 
-/* Connects and subscribes to the twin topics of id ("+" for every device), then waits until
- * every retained message has arrived. Returns 0 or an exit code. */
-static int service_open(Service *s, BrokerSession **ret, const char *id, bool catch_interrupt)
+/* Opens the back end on id (NULL: every device that filter admits) with the current twins
+ * read. Returns 0, or an exit code (TWINCTL_EXIT_SUCCESS after an interrupt). */
+static int service_open(Service *s, const char *id, const TwinBackendFilter *filter,
+                        bool catch_interrupt)
 {
-        _cleanup_broker_session_ BrokerSession *b = NULL;
+        const TwinBackendImpl *impl = twin_backend_for(s->args);
         int r;
 
-        s->map = json_object();
-        if (!s->map)
-                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
-
-        r = broker_session_connect(&b, s->args,
-                                   twinctl_deadline(s->args, TWINCTL_CONNECT_TIMEOUT_MS),
-                                   catch_interrupt, on_message, s);
+        r = impl->open(&s->backend, s->args, id, filter, catch_interrupt, on_change, s);
         if (r == -EINTR)
                 return TWINCTL_EXIT_SUCCESS;
         if (r < 0)
-                return broker_error_to_exit(r == -ETIMEDOUT ? -ENOTCONN : r);
-        for (enum DeviceKind k = 0; k < _DEVICE_KIND_MAX; k++) {
-                _cleanup_free_ char *topic = device_topic(s->args->topic_root, id, k);
-
-                if (!topic)
-                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
-                r = broker_session_subscribe(b, topic);
-                if (r < 0)
-                        return broker_error_to_exit(r);
-        }
-        r = broker_session_sync(b, twinctl_deadline(s->args, TWINCTL_CONNECT_TIMEOUT_MS));
-        if (r == -EINTR)
-                return TWINCTL_EXIT_SUCCESS;
-        if (r < 0)
-                return broker_error_to_exit(r);
-        *ret = TAKE_PTR(b);
+                return twin_backend_error_to_exit(r);
+        s->map = s->backend->impl->devices(s->backend);
         return 0;
 }
 
@@ -445,8 +428,7 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
 
 int verb_get(int argc, char **argv, const TwinctlArgs *args)
 {
-        _cleanup_(service_done) Service s = { .args = args };
-        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_(service_done) Service s = { .args = args, .wait_version = -1 };
         json_t *entry, *desired, *reported, *connection;
         int r;
 
@@ -458,7 +440,7 @@ int verb_get(int argc, char **argv, const TwinctlArgs *args)
                 return TWINCTL_EXIT_USAGE;
         s.device_id = argv[1];
 
-        r = service_open(&s, &b, s.device_id, false);
+        r = service_open(&s, s.device_id, NULL, false);
         if (r != 0)
                 return r;
 
@@ -468,7 +450,7 @@ int verb_get(int argc, char **argv, const TwinctlArgs *args)
         connection = device_entry_get(entry, DEVICE_KIND_CONNECTION);
         if (!desired && !reported && !connection) {
                 log_error("device %s not found: no twin under %s/%s/ on %s", s.device_id,
-                          args->topic_root, s.device_id, args->broker_url);
+                          args->topic_root, s.device_id, s.backend->impl->address(s.backend));
                 return TWINCTL_EXIT_NOT_FOUND;
         }
 
@@ -619,14 +601,14 @@ static bool set_answered(void *userdata)
         return s->superseded || s->answer;
 }
 
-static int set_wait(Service *s, BrokerSession *b, json_t *result)
+static int set_wait(Service *s, json_t *result)
 {
         uint64_t start = now_ms(), deadline = twinctl_deadline(s->args, TWINCTL_WAIT_TIMEOUT_MS);
         json_t *entry;
         const char *state;
         int r;
 
-        r = broker_session_wait(b, set_answered, s, deadline);
+        r = s->backend->impl->wait(s->backend, set_answered, s, deadline);
         entry = service_entry(s, s->device_id);
         if (r == -ETIMEDOUT) {
                 json_t *conn = device_entry_get(entry, DEVICE_KIND_CONNECTION);
@@ -636,8 +618,10 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
                           !device_is_online(conn) ? " (the device is not online)" : "");
                 return TWINCTL_EXIT_TIMEOUT;
         }
+        if (r == -EINTR)
+                return TWINCTL_EXIT_FAILURE;
         if (r < 0)
-                return broker_error_to_exit(r);
+                return twin_backend_error_to_exit(r);
         /* Checked before the answer: when both came in one go, ours may not be what runs. */
         if (s->superseded && s->raced) {
                 char what[64];
@@ -701,13 +685,14 @@ static int set_wait(Service *s, BrokerSession *b, json_t *result)
 
 int verb_set(int argc, char **argv, const TwinctlArgs *args)
 {
-        _cleanup_(service_done) Service s = { .args = args };
-        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_(service_done) Service s = { .args = args, .wait_version = -1 };
         _cleanup_json_ json_t *patches = NULL, *doc = NULL, *config_id = NULL, *parsed = NULL,
-                              *result = NULL, *reported_props = NULL;
-        _cleanup_free_ char *payload = NULL, *topic = NULL, *cfg = NULL;
+                              *result = NULL, *reported_props = NULL, *current_props = NULL,
+                              *diff = NULL, *full = NULL;
+        _cleanup_free_ char *payload = NULL, *cfg = NULL;
+        const TwinBackendImpl *impl;
         bool has_config_id;
-        int64_t current_version, last_version, new_version, parsed_version;
+        int64_t last_version, new_version, parsed_version;
         json_t *current, *reported, *patch;
         char err[256];
         size_t i;
@@ -725,35 +710,27 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                 return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
         if (r < 0)
                 return TWINCTL_EXIT_USAGE;
-        topic = device_topic(args->topic_root, s.device_id, DEVICE_KIND_DESIRED);
-        if (!topic)
-                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
 
-        r = service_open(&s, &b, s.device_id, false);
+        r = service_open(&s, s.device_id, NULL, false);
         if (r != 0)
                 return r;
+        impl = s.backend->impl;
 
         current = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_DESIRED);
         reported = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_REPORTED);
-        /* An absent (or unreadable) $version counts as 0. */
-        current_version = current ? twin_document_version(current) : -1;
-        if (args->has_if_version &&
-            args->if_version != (current_version < 0 ? 0 : current_version)) {
-                log_error("version conflict: desired $version of %s is %" PRId64 ", not %" PRId64
-                          "; nothing published",
-                          s.device_id, current_version < 0 ? 0 : current_version, args->if_version);
-                return TWINCTL_EXIT_CONFLICT;
-        }
-
-        doc = current ? json_deep_copy(current) : json_object();
+        current_props = current ? json_deep_copy(current) : json_object();
+        if (!current_props)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        drop_protocol_keys(current_props, s.device_id, true);
+        json_object_del(current_props, "$version");
+        doc = json_deep_copy(current_props);
         if (!doc)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
         if (!current && reported && json_object_size(reported_props = twin_properties(reported)))
-                log_warning("%s has no desired document on the broker (lost or never set) but "
-                            "reports properties: the new desired document holds only what this "
-                            "set gives",
+                log_warning("%s has no desired document (lost or never set) but reports "
+                            "properties: the new desired document holds only what this set "
+                            "gives",
                             s.device_id);
-        drop_protocol_keys(doc, s.device_id, true);
         json_array_foreach (patches, i, patch)
                 if (twin_merge_patch(doc, patch) < 0)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
@@ -773,35 +750,41 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                             v ? v : "?", s.device_id);
         }
         /* Above what the desired document says and what the device answered: after a lost
-         * desired document the count must not start again at a $version already answered. */
+         * desired document the count must not start again at a $version already answered. (A
+         * cloud counts its own versions: there this only checks the document.) */
         last_version = device_last_version(current, reported);
         if (last_version == INT64_MAX) {
                 log_error("desired $version of %s is already the largest integer", s.device_id);
                 return TWINCTL_EXIT_FAILURE;
         }
         new_version = last_version < 0 ? 1 : last_version + 1;
-        if (json_object_set_new(doc, "$version", json_integer(new_version)) < 0)
-                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
 
-        payload = json_dumps_compact(doc);
-        if (!payload)
+        /* Never send what the device would refuse (the service's size, depth and key rules). */
+        full = json_deep_copy(doc);
+        if (!full || json_object_set_new(full, "$version", json_integer(new_version)) < 0 ||
+            !(payload = json_dumps_compact(full)))
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
-        /* Never publish what the device would refuse (size and depth limits). */
-        r = twin_desired_parse(payload, strlen(payload), NULL, &parsed, &parsed_version, err,
-                               sizeof err);
+        r = twin_desired_parse(payload, strlen(payload), impl->limits, &parsed, &parsed_version,
+                               err, sizeof err);
         if (r < 0) {
-                log_error("refusing to publish the new desired document of %s: %s", s.device_id,
-                          err);
+                log_error("refusing to send the new desired document of %s: %s", s.device_id, err);
                 return TWINCTL_EXIT_FAILURE;
         }
+        diff = twin_merge_patch_diff(current_props, doc);
+        if (!diff)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
 
-        /* Armed before publishing: our echo and other writers may arrive before the PUBACK. */
-        s.wait_version = new_version;
+        /* Armed before sending: our echo and other writers may arrive before the
+         * acknowledgement. A cloud names the version of our request only in its answer. */
+        if (!(impl->flags & TWIN_BACKEND_SERVICE_VERSION))
+                s.wait_version = new_version;
         s.published = json_incref(parsed);
-        r = broker_session_publish(b, topic, payload, strlen(payload), true,
-                                   twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS));
+        r = impl->set(s.backend, s.device_id, doc, diff, new_version,
+                      args->has_if_version ? args->if_version : -1, &new_version);
         if (r < 0)
-                return broker_error_to_exit(r);
+                return twin_backend_error_to_exit(r);
+        s.wait_version = new_version;
+        json_object_set_new(s.published, "$version", json_integer(new_version));
 
         cfg = output_value(json_object_get(doc, "configId"), false);
         if (args->json) {
@@ -810,7 +793,7 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                               (json_int_t)new_version, "configId",
                               json_object_get(doc, "configId") ? json_object_get(doc, "configId")
                                                                : json_null(),
-                              "desired", doc);
+                              "desired", s.published);
                 if (!result)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
         } else {
@@ -821,7 +804,7 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
 
         r = TWINCTL_EXIT_SUCCESS;
         if (args->wait)
-                r = set_wait(&s, b, result);
+                r = set_wait(&s, result);
         if (result && output_json(result) < 0)
                 return TWINCTL_EXIT_FAILURE;
         return r;
@@ -850,8 +833,7 @@ static bool never(void *userdata)
 
 int verb_watch(int argc, char **argv, const TwinctlArgs *args)
 {
-        _cleanup_(service_done) Service s = { .args = args, .watching = true };
-        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_(service_done) Service s = { .args = args, .watching = true, .wait_version = -1 };
         json_t *entry, *status;
         int r;
 
@@ -863,13 +845,13 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
                 return TWINCTL_EXIT_USAGE;
         s.device_id = argv[1];
 
-        r = service_open(&s, &b, s.device_id, true);
-        if (r != 0 || !b)
+        r = service_open(&s, s.device_id, NULL, true);
+        if (r != 0 || !s.backend)
                 return r;
 
         /* Without --timeout a watch runs until Ctrl-C. */
-        r = broker_session_wait(b, args->until_converged ? watch_converged : never, &s,
-                                args->timeout_ms > 0 ? twinctl_deadline(args, 0) : 0);
+        r = s.backend->impl->wait(s.backend, args->until_converged ? watch_converged : never, &s,
+                                  args->timeout_ms > 0 ? twinctl_deadline(args, 0) : 0);
         if (r == -EINTR)
                 return TWINCTL_EXIT_SUCCESS;
         if (r == -ETIMEDOUT) {
@@ -879,7 +861,7 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
                 return TWINCTL_EXIT_TIMEOUT;
         }
         if (r < 0)
-                return broker_error_to_exit(r);
+                return twin_backend_error_to_exit(r);
 
         entry = service_entry(&s, s.device_id);
         status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
@@ -927,9 +909,14 @@ static bool list_matches(const TwinctlArgs *args, enum DeviceState state, bool o
 
 int verb_list(int argc, char **argv, const TwinctlArgs *args)
 {
-        _cleanup_(service_done) Service s = { .args = args };
-        _cleanup_broker_session_ BrokerSession *b = NULL;
+        _cleanup_(service_done) Service s = { .args = args, .wait_version = -1 };
         _cleanup_json_ json_t *out = NULL;
+        const TwinBackendImpl *impl = twin_backend_for(args);
+        TwinBackendFilter filter = {
+                .pending = args->filter_pending,
+                .failed = args->filter_failed,
+                .offline = args->filter_offline,
+        };
         _cleanup_free_ const char **ids = NULL;
         Table *t = NULL;
         size_t n, i = 0, shown = 0;
@@ -937,11 +924,26 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
         json_t *entry;
         int r;
 
-        if (argc != 1) {
-                log_error("list takes no arguments");
+        if (args->list_devices) {
+                if (argc < 2) {
+                        log_error("list --devices needs at least one DEVICE");
+                        return TWINCTL_EXIT_USAGE;
+                }
+                for (int k = 1; k < argc; k++)
+                        if (check_device_id(argv[k]) < 0)
+                                return TWINCTL_EXIT_USAGE;
+                filter.ids = argv + 1;
+        } else if (argc != 1) {
+                log_error("list takes no arguments (or the devices after --devices)");
+                return TWINCTL_EXIT_USAGE;
+        } else if (!(impl->flags & TWIN_BACKEND_LIST)) {
+                log_error("listing every device is not available on %s: it needs the service's "
+                          "fleet index (HTTPS with SigV4 on AWS IoT), which twinctl does not "
+                          "speak; name the devices with list --devices ID...",
+                          impl->name);
                 return TWINCTL_EXIT_USAGE;
         }
-        r = service_open(&s, &b, "+", false);
+        r = service_open(&s, NULL, &filter, false);
         if (r != 0)
                 return r;
 
@@ -960,6 +962,9 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
 
         for (i = 0; i < n; i++) {
                 json_t *e = json_object_get(s.map, ids[i]);
+
+                if (filter.ids && !strv_contains(filter.ids, ids[i]))
+                        continue;
                 json_t *desired = device_entry_get(e, DEVICE_KIND_DESIRED);
                 json_t *reported = device_entry_get(e, DEVICE_KIND_REPORTED);
                 json_t *connection = device_entry_get(e, DEVICE_KIND_CONNECTION);
@@ -1012,7 +1017,7 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
                                args->filter_pending || args->filter_failed || args->filter_offline
                                    ? " match"
                                    : "",
-                               args->topic_root, args->broker_url);
+                               args->topic_root, s.backend->impl->address(s.backend));
                 r = TWINCTL_EXIT_SUCCESS;
         }
         table_free(t);
@@ -1020,4 +1025,48 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
 oom:
         table_free(t);
         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+}
+
+/* ---- query -------------------------------------------------------------------------------- */
+
+int verb_query(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(service_done) Service s = { .args = args, .wait_version = -1 };
+        _cleanup_json_ json_t *rows = NULL;
+        const TwinBackendImpl *impl = twin_backend_for(args);
+        TwinBackendFilter none = { .ids = (char *const[]){ NULL } };
+        size_t i;
+        json_t *row;
+        int r;
+
+        if (argc != 2) {
+                log_error("query needs exactly one QUERY, such as 'SELECT * FROM devices WHERE "
+                          "properties.reported.twinStatus.state = \\'failed\\''");
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (!impl->query) {
+                log_error("query is for IoT Hub (--azure FILE): %s has no query language",
+                          impl->name);
+                return TWINCTL_EXIT_USAGE;
+        }
+        /* Opened on no device: the query reads what it asks for. */
+        r = service_open(&s, NULL, &none, false);
+        if (r != 0)
+                return r;
+        r = impl->query(s.backend, argv[1], &rows);
+        if (r < 0)
+                return twin_backend_error_to_exit(r);
+        if (args->json)
+                return output_json(rows) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
+        /* One row a line, compact: rows of a projection are small, whole twins are not. */
+        json_array_foreach (rows, i, row) {
+                _cleanup_free_ char *text = json_dumps_compact(row);
+
+                if (!text)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+                printf("%s\n", output_sanitize(text));
+        }
+        if (json_array_size(rows) == 0)
+                fprintf(stderr, "no rows\n");
+        return TWINCTL_EXIT_SUCCESS;
 }

@@ -43,6 +43,7 @@ enum VerbOption {
         VERB_OPTION_IF_VERSION = 1 << 1,
         VERB_OPTION_UNTIL_CONVERGED = 1 << 2,
         VERB_OPTION_FILTERS = 1 << 3,
+        VERB_OPTION_DEVICES = 1 << 4,
 };
 
 typedef struct Verb {
@@ -56,7 +57,8 @@ static const Verb verbs[] = {
         { "get", verb_get, true, 0 },
         { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION },
         { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED },
-        { "list", verb_list, true, VERB_OPTION_FILTERS },
+        { "list", verb_list, true, VERB_OPTION_FILTERS | VERB_OPTION_DEVICES },
+        { "query", verb_query, true, 0 },
         { "status", verb_status, false, 0 },
         { "events", verb_events, false, 0 },
         { "reapply", verb_reapply, false, 0 },
@@ -75,7 +77,8 @@ static void help(void)
                "                              publish it (VALUE is JSON when it parses as JSON,\n"
                "                              otherwise a string; KEY=null deletes)\n"
                "  watch DEVICE                Print each change of the twin as it happens\n"
-               "  list                        Every device under the topic root\n"
+               "  list                        Every device under the topic root (or the hub's)\n"
+               "  query QUERY                 IoT Hub: run a query ('SELECT * FROM devices ...')\n"
                "\n"
                "Device side (through the agent's control socket):\n"
                "  status                      The agent's state\n"
@@ -94,6 +97,11 @@ static void help(void)
                "     --certfile=PATH          TLS client certificate\n"
                "     --keyfile=PATH           TLS client key\n"
                "     --topic-root=ROOT        Topic root of the twins (default: twins)\n"
+               "     --azure=FILE             Azure IoT Hub: its service connection string is\n"
+               "                              in FILE (also $TWINCTL_AZURE)\n"
+               "     --dialect=standard|aws   aws: AWS IoT Device Shadows over --broker with\n"
+               "                              --certfile/--keyfile\n"
+               "     --shadow=NAME            aws: a named shadow (default: the classic one)\n"
                "  -s --socket=PATH            Agent control socket (default: %s)\n"
                "  -j --json                   Machine-readable output\n"
                "     --no-color               No colour, even on a terminal\n"
@@ -105,6 +113,7 @@ static void help(void)
                "     --pending                list: devices not yet converged\n"
                "     --failed                 list: devices whose $status is failed\n"
                "     --offline                list: devices not online\n"
+               "     --devices                list: only the DEVICEs given after the options\n"
                "\n"
                "Exit status:\n"
                "  0 success                   5 version conflict\n"
@@ -130,6 +139,8 @@ static void args_done(TwinctlArgs *a)
         free(a->topic_root);
         free(a->socket_path);
         free(a->config_path);
+        free(a->azure_file);
+        free(a->shadow);
 }
 
 static int set_arg(char **dst, const char *value)
@@ -188,6 +199,10 @@ enum {
         ARG_FAILED,
         ARG_OFFLINE,
         ARG_CONFIG,
+        ARG_AZURE,
+        ARG_DIALECT,
+        ARG_SHADOW,
+        ARG_DEVICES,
 };
 
 /* Returns 0 to go on, 1 when --help/--version was handled, or -EINVAL on a usage error. */
@@ -214,6 +229,10 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "failed", no_argument, NULL, ARG_FAILED },
                 { "offline", no_argument, NULL, ARG_OFFLINE },
                 { "config", required_argument, NULL, ARG_CONFIG },
+                { "azure", required_argument, NULL, ARG_AZURE },
+                { "dialect", required_argument, NULL, ARG_DIALECT },
+                { "shadow", required_argument, NULL, ARG_SHADOW },
+                { "devices", no_argument, NULL, ARG_DEVICES },
                 { NULL, 0, NULL, 0 },
         };
         int c, r = 0;
@@ -284,6 +303,25 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_CONFIG:
                         r = set_arg(&a->config_path, optarg);
                         break;
+                case ARG_AZURE:
+                        r = set_arg(&a->azure_file, optarg);
+                        break;
+                case ARG_DIALECT:
+                        if (strcmp(optarg, "aws") == 0)
+                                a->aws = true;
+                        else if (strcmp(optarg, "azure") == 0)
+                                a->dialect_azure = true;
+                        else if (strcmp(optarg, "standard") != 0) {
+                                log_error("invalid --dialect '%s': standard, azure or aws", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                case ARG_SHADOW:
+                        r = set_arg(&a->shadow, optarg);
+                        break;
+                case ARG_DEVICES:
+                        a->list_devices = true;
+                        break;
                 case ':':
                         log_error("option '%s' needs an argument", argv[optind - 1]);
                         return -EINVAL;
@@ -324,11 +362,13 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                 { VERB_OPTION_IF_VERSION, "--if-version" },
                 { VERB_OPTION_UNTIL_CONVERGED, "--until-converged" },
                 { VERB_OPTION_FILTERS, "--pending, --failed and --offline" },
+                { VERB_OPTION_DEVICES, "--devices" },
         };
         unsigned given =
             (a->wait ? VERB_OPTION_WAIT : 0) | (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
             (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
-            (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0);
+            (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0) |
+            (a->list_devices ? VERB_OPTION_DEVICES : 0);
 
         for (size_t i = 0; i < ARRAY_SIZE(names); i++)
                 if ((given & names[i].flag) && !(v->options & names[i].flag)) {
@@ -370,6 +410,23 @@ int main(int argc, char **argv)
                 return TWINCTL_EXIT_USAGE;
 
         if (verb->broker) {
+                const char *env = getenv("TWINCTL_AZURE");
+
+                if (!args.azure_file && env && *env && set_arg(&args.azure_file, env) < 0)
+                        return TWINCTL_EXIT_FAILURE;
+                if (args.dialect_azure && !args.azure_file) {
+                        log_error("--dialect azure needs the service connection string: "
+                                  "--azure FILE (or $TWINCTL_AZURE)");
+                        return TWINCTL_EXIT_USAGE;
+                }
+                if (args.azure_file && args.aws) {
+                        log_error("--azure and --dialect aws cannot be used together");
+                        return TWINCTL_EXIT_USAGE;
+                }
+                if (args.shadow && !args.aws) {
+                        log_error("--shadow is for --dialect aws");
+                        return TWINCTL_EXIT_USAGE;
+                }
                 r = twinctl_conf_load(&args,
                                       args.config_path ? args.config_path : TWINCTL_CONF_PATH,
                                       args.config_path != NULL);

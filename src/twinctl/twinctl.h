@@ -41,6 +41,12 @@ typedef struct TwinctlArgs {
         char *socket_path;
         /* --config: the broker settings file instead of /etc/twind/twinctl.conf */
         char *config_path;
+        /* IoT Hub: the service connection string file (--azure, $TWINCTL_AZURE) */
+        char *azure_file;
+        /* AWS IoT (--dialect aws): the thing's shadow, NULL for the classic one */
+        bool aws;
+        bool dialect_azure; /* --dialect azure: needs azure_file */
+        char *shadow;
         /* output */
         bool json;
         bool no_color;
@@ -54,6 +60,7 @@ typedef struct TwinctlArgs {
         bool filter_pending;
         bool filter_failed;
         bool filter_offline;
+        bool list_devices; /* list --devices ID... */
 } TwinctlArgs;
 
 /* Verbs: each returns an exit code (enum TwinctlExit). argv[0] is the verb name. */
@@ -61,6 +68,7 @@ int verb_get(int argc, char **argv, const TwinctlArgs *args);
 int verb_set(int argc, char **argv, const TwinctlArgs *args);
 int verb_watch(int argc, char **argv, const TwinctlArgs *args);
 int verb_list(int argc, char **argv, const TwinctlArgs *args);
+int verb_query(int argc, char **argv, const TwinctlArgs *args);
 int verb_status(int argc, char **argv, const TwinctlArgs *args);
 int verb_events(int argc, char **argv, const TwinctlArgs *args);
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args);
