@@ -132,10 +132,13 @@ static void shadow_seen(AwsBackend *a, Thing *t, const json_t *state, int64_t ve
                 json_t *dv = json_object_get(st, "desiredVersion");
 
                 /* From a GET the change may lie behind reports: when the device answered this
-                 * very desired state, its answer names the version. */
-                if (from_get && desired && json_is_integer(dv) &&
-                    twin_properties_equal(desired, reported))
-                        v = json_integer_value(dv);
+                 * very desired state (it runs it), its answer names the version. */
+                if (from_get && desired && json_is_integer(dv)) {
+                        _cleanup_json_ json_t *runs = normal_reported(reported, 0);
+
+                        if (runs && twin_properties_equal(desired, runs))
+                                v = json_integer_value(dv);
+                }
                 json_decref(t->desired);
                 t->desired = desired ? json_deep_copy(desired) : NULL;
                 t->desired_version = v;

@@ -193,7 +193,7 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
                 .subscribed = on_subscribed,
         };
         _cleanup_broker_session_ BrokerSession *s = NULL;
-        char token[33], err[256] = "";
+        char token[33], client_id[48], err[256] = "";
         MqttClientOptions opts;
         int r;
 
@@ -241,8 +241,11 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
                         return r;
         }
 
+        /* A client id of our own: AWS IoT, for one, refuses the empty one MQTT 3.1.1 allows. */
+        snprintf(client_id, sizeof client_id, "twinctl-%s", token);
         opts = (MqttClientOptions){
                 .url = args->broker_url,
+                .client_id = client_id,
                 .username = args->username,
                 .password = s->password,
                 .cafile = args->cafile,
@@ -274,8 +277,11 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
         if (r == -EINTR)
                 return r;
         if (r < 0) {
-                /* For name lookups and TLS the client's reason says more than errno does. */
-                if ((r == -EPROTO || r == -EHOSTUNREACH) && s->reason[0])
+                /* For name lookups, TLS and refusals the client's reason says more than errno
+                 * does. */
+                if ((r == -EPROTO || r == -EHOSTUNREACH || r == -EINVAL || r == -EPROTONOSUPPORT ||
+                     r == -ECONNREFUSED) &&
+                    s->reason[0])
                         log_error("cannot reach broker %s: %s", s->url, s->reason);
                 else
                         log_error("cannot reach broker %s: %s", s->url, strerror(-r));
