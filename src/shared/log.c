@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <systemd/sd-journal.h>
 
 #define LOG_LINE_MAX 2048
@@ -20,6 +21,7 @@
 static const char *log_program = "twind";
 static int log_max_level = LOG_INFO;
 static int log_to_journal;
+static int log_with_time;
 
 /* systemd sets JOURNAL_STREAM to "dev:ino" of the stream it connected; compare with stderr so a
  * child whose stderr was redirected elsewhere does not log to the journal by mistake. */
@@ -48,6 +50,14 @@ void log_setup(const char *program)
         d = getenv("TWIND_DEBUG");
         if (d && strcmp(d, "1") == 0)
                 log_max_level = LOG_DEBUG;
+        d = getenv("TWIND_LOG_TIME");
+        if (d && strcmp(d, "1") == 0)
+                log_with_time = 1;
+}
+
+void log_set_time(int on)
+{
+        log_with_time = !!on;
 }
 
 void log_set_journal(int on)
@@ -67,13 +77,25 @@ void log_set_max_level(int level)
 static void log_stderr(int level, const char *msg)
 {
         const char *prefix = "";
+        char stamp[40] = "";
 
         if (level <= LOG_ERR)
                 prefix = "error: ";
         else if (level == LOG_WARNING)
                 prefix = "warning: ";
+        /* Only by hand: the journal has its own timestamps. Local time, to the millisecond. */
+        if (log_with_time) {
+                struct timespec ts;
+                struct tm tm;
+
+                clock_gettime(CLOCK_REALTIME, &ts);
+                if (localtime_r(&ts.tv_sec, &tm) &&
+                    strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M:%S", &tm) > 0)
+                        snprintf(stamp + strlen(stamp), sizeof stamp - strlen(stamp), ".%03ld ",
+                                 ts.tv_nsec / 1000000L);
+        }
         /* One fprintf per line so concurrent writers do not interleave within a line. */
-        fprintf(stderr, "%s%s\n", prefix, msg);
+        fprintf(stderr, "%s%s%s\n", stamp, prefix, msg);
 }
 
 static int log_journal(int level, int err, const LogFields *fields, const char *msg)

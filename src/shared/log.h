@@ -31,6 +31,10 @@ void log_setup(const char *program);
 /* Forces the destination (tests, twinctl): 0 stderr, 1 journal. */
 void log_set_journal(int on);
 
+/* Puts the local time in front of each line on stderr (never in the journal, which keeps its
+ * own). Also on when TWIND_LOG_TIME=1 is in the environment at log_setup(). */
+void log_set_time(int on);
+
 /* Lowest priority printed (LOG_DEBUG..LOG_ERR); LOG_INFO by default, LOG_DEBUG when
  * TWIND_DEBUG=1 is in the environment. */
 void log_set_max_level(int level);

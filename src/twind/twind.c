@@ -54,6 +54,8 @@ static void help(void)
                "      --broker URL      broker address, mqtt://host[:port] or mqtts://...\n"
                "      --device-id ID    this device's id\n"
                "      --state-dir DIR   where the applied state is kept\n"
+               "      --log-time        timestamps in front of log lines on stderr (not in the\n"
+               "                        journal, which has its own); also TWIND_LOG_TIME=1\n"
                "  -h, --help            show this help\n"
                "      --version         show the version\n"
                "\n"
@@ -70,6 +72,7 @@ static int parse_argv(int argc, char *argv[], Arguments *a)
                 ARG_DEVICE_ID,
                 ARG_STATE_DIR,
                 ARG_VERSION,
+                ARG_LOG_TIME,
         };
         static const struct option options[] = {
                 { "config", required_argument, NULL, 'c' },
@@ -77,6 +80,7 @@ static int parse_argv(int argc, char *argv[], Arguments *a)
                 { "broker", required_argument, NULL, ARG_BROKER },
                 { "device-id", required_argument, NULL, ARG_DEVICE_ID },
                 { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "log-time", no_argument, NULL, ARG_LOG_TIME },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 { 0 },
@@ -101,6 +105,9 @@ static int parse_argv(int argc, char *argv[], Arguments *a)
                         break;
                 case ARG_STATE_DIR:
                         a->state_dir = optarg;
+                        break;
+                case ARG_LOG_TIME:
+                        log_set_time(1);
                         break;
                 case 'h':
                         help();

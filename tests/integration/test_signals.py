@@ -2,10 +2,13 @@
 """Signals (clean shutdown, reload) and configuration errors."""
 
 import os
+import re
+import subprocess
 import signal
 
 import pytest
 
+import twinlib
 from twinlib import poll, props, settle, start_agent
 
 
@@ -210,3 +213,16 @@ def test_command_line_overrides_the_file(agent, service, tmp_path):
     service.wait_status("success", 1)
     assert (other_state / "state.json").exists()
     assert not (tmp_path / "agent" / "state" / "state.json").exists()
+
+
+def test_log_time_puts_a_timestamp_on_each_line(agent):
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
+    r = agent.run("--log-time", "-c", agent.conf, "--device-id", "a b")
+    lines = [l for l in r.stderr.splitlines() if l]
+    assert lines and all(stamp.match(l) for l in lines), r.stderr
+    r = agent.run("-c", agent.conf, "--device-id", "a b")
+    assert not any(stamp.match(l) for l in r.stderr.splitlines()), r.stderr
+    env_run = subprocess.run(
+        [twinlib.twind_binary(), "-c", agent.conf, "--device-id", "a b"], capture_output=True,
+        text=True, timeout=10, env=dict(agent.environment(), TWIND_LOG_TIME="1"))
+    assert stamp.match(env_run.stderr), env_run.stderr
