@@ -44,6 +44,7 @@ enum VerbOption {
         VERB_OPTION_UNTIL_CONVERGED = 1 << 2,
         VERB_OPTION_FILTERS = 1 << 3,
         VERB_OPTION_DEVICES = 1 << 4,
+        VERB_OPTION_FILE = 1 << 5,
 };
 
 typedef struct Verb {
@@ -55,7 +56,7 @@ typedef struct Verb {
 
 static const Verb verbs[] = {
         { "get", verb_get, true, 0 },
-        { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION },
+        { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION | VERB_OPTION_FILE },
         { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED },
         { "list", verb_list, true, VERB_OPTION_FILTERS | VERB_OPTION_DEVICES },
         { "query", verb_query, true, 0 },
@@ -75,7 +76,8 @@ static void help(void)
                "                              connection\n"
                "  set DEVICE KEY=VALUE...     Merge the pairs into the desired document and\n"
                "                              publish it (VALUE is JSON when it parses as JSON,\n"
-               "                              otherwise a string; KEY=null deletes)\n"
+               "                              otherwise a string; KEY=null deletes; a.b=1\n"
+               "                              changes member b of a; write a dot of a name \\.)\n"
                "  watch DEVICE                Print each change of the twin as it happens\n"
                "  list                        Every device under the topic root (or the hub's)\n"
                "  query QUERY                 IoT Hub: run a query ('SELECT * FROM devices ...')\n"
@@ -108,6 +110,7 @@ static void help(void)
                "  -t --timeout=SECONDS        Give up after this long (whole command)\n"
                "  -w --wait                   set: wait until the device answers\n"
                "     --if-version=N           set: only if the desired $version is N\n"
+               "     --file=FILE              set: a JSON object merged in first (- for stdin)\n"
                "     --until-converged        watch: exit once the device answered the\n"
                "                              current desired $version\n"
                "     --pending                list: devices not yet converged\n"
@@ -140,6 +143,7 @@ static void args_done(TwinctlArgs *a)
         free(a->socket_path);
         free(a->config_path);
         free(a->azure_file);
+        free(a->set_file);
         free(a->shadow);
 }
 
@@ -203,6 +207,7 @@ enum {
         ARG_DIALECT,
         ARG_SHADOW,
         ARG_DEVICES,
+        ARG_FILE,
 };
 
 /* Returns 0 to go on, 1 when --help/--version was handled, or -EINVAL on a usage error. */
@@ -233,6 +238,7 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "dialect", required_argument, NULL, ARG_DIALECT },
                 { "shadow", required_argument, NULL, ARG_SHADOW },
                 { "devices", no_argument, NULL, ARG_DEVICES },
+                { "file", required_argument, NULL, ARG_FILE },
                 { NULL, 0, NULL, 0 },
         };
         int c, r = 0;
@@ -322,6 +328,9 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_DEVICES:
                         a->list_devices = true;
                         break;
+                case ARG_FILE:
+                        r = set_arg(&a->set_file, optarg);
+                        break;
                 case ':':
                         log_error("option '%s' needs an argument", argv[optind - 1]);
                         return -EINVAL;
@@ -363,12 +372,13 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                 { VERB_OPTION_UNTIL_CONVERGED, "--until-converged" },
                 { VERB_OPTION_FILTERS, "--pending, --failed and --offline" },
                 { VERB_OPTION_DEVICES, "--devices" },
+                { VERB_OPTION_FILE, "--file" },
         };
         unsigned given =
             (a->wait ? VERB_OPTION_WAIT : 0) | (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
             (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
             (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0) |
-            (a->list_devices ? VERB_OPTION_DEVICES : 0);
+            (a->list_devices ? VERB_OPTION_DEVICES : 0) | (a->set_file ? VERB_OPTION_FILE : 0);
 
         for (size_t i = 0; i < ARRAY_SIZE(names); i++)
                 if ((given & names[i].flag) && !(v->options & names[i].flag)) {

@@ -61,6 +61,7 @@ typedef struct TwinctlArgs {
         bool filter_failed;
         bool filter_offline;
         bool list_devices; /* list --devices ID... */
+        char *set_file;    /* set --file FILE: a JSON object as the patch ("-": stdin) */
 } TwinctlArgs;
 
 /* Verbs: each returns an exit code (enum TwinctlExit). argv[0] is the verb name. */

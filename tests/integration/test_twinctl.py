@@ -998,3 +998,49 @@ def test_bad_broker_url_names_where_it_came_from(tmp_path):
     assert r.returncode == EXIT_USAGE and "--broker: " in r.stderr, r.stderr
     r = twinctl(None, "--config", str(tmp_path / "missing.conf"), "list")
     assert r.returncode != EXIT_OK and "missing.conf" in r.stderr, r.stderr
+
+
+def test_set_nested_paths_change_one_member(broker, client):
+    client.publish(topic("d", "desired"),
+                   {"$version": 1, "configId": 1, "telemetry": {"interval": 5, "unit": "s"},
+                    "a.b": 0})
+    r = twinctl(broker, "set", "d", "telemetry.interval=15", "telemetry.unit=null",
+                "new.deep.leaf=x", r"a\.b=1", r"back\\slash=2")
+    assert r.returncode == EXIT_OK, r.stderr
+    doc = client.retained(topic("d", "desired"))
+    assert doc["telemetry"] == {"interval": 15}, doc
+    assert doc["new"] == {"deep": {"leaf": "x"}}, doc
+    assert doc["a.b"] == 1 and doc["back\\slash"] == 2, doc
+    for bad in ("a..b=1", ".a=1", "a.=1"):
+        r = twinctl(broker, "set", "d", bad)
+        assert r.returncode == EXIT_USAGE and "empty member name" in r.stderr, (bad, r.stderr)
+
+
+def test_set_value_that_looks_like_json_must_be_json(broker, client):
+    client.publish(topic("d", "desired"), {"$version": 1, "configId": 1})
+    for bad in ('{"cpu": 2', "[1,2", '"unterminated'):
+        r = twinctl(broker, "set", "d", f"x={bad}")
+        assert r.returncode == EXIT_USAGE, (bad, r.returncode, r.stderr)
+        assert "starts like JSON but is not" in r.stderr, r.stderr
+    assert client.retained(topic("d", "desired")) == {"$version": 1, "configId": 1}
+
+
+def test_set_from_a_file_and_from_stdin(tmp_path, broker, client):
+    client.publish(topic("d", "desired"), {"$version": 1, "configId": 1, "keep": 1, "gone": 2})
+    f = tmp_path / "patch.json"
+    f.write_text(json.dumps({"limits": {"cpu": 2}, "gone": None}))
+    r = twinctl(broker, "set", "d", "--file", str(f), "mode=eco")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert client.retained(topic("d", "desired")) == {
+        "$version": 2, "configId": 2, "keep": 1, "limits": {"cpu": 2}, "mode": "eco"}
+    r = subprocess.run([twinctl_binary(), "--broker", broker.url, "set", "d", "--file", "-"],
+                       input=json.dumps({"configId": 9, "x": True}), capture_output=True,
+                       text=True, timeout=30, env=environment())
+    assert r.returncode == EXIT_OK, r.stderr
+    assert client.retained(topic("d", "desired"))["configId"] == 9
+    f.write_text("[1, 2]")
+    r = twinctl(broker, "set", "d", "--file", str(f))
+    assert r.returncode != EXIT_OK and "not a JSON object" in r.stderr, r.stderr
+    f.write_text('{"a": 1, "a": 2}')
+    r = twinctl(broker, "set", "d", "--file", str(f))
+    assert r.returncode != EXIT_OK and "not JSON" in r.stderr, r.stderr
