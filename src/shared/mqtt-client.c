@@ -446,6 +446,14 @@ static void client_connect_to(MqttClient *c, const char *host)
                 return;
         }
 
+        /* libmosquitto opens the socket without SOCK_CLOEXEC. A child that inherits it (the
+         * apply command, anything forked meanwhile) keeps it open after we close it, and with it
+         * its epoll registration, which then reports the dead socket's EOF under the fd number
+         * of the next connection: the loop spins and that connection never sends CONNECT. */
+        r = fcntl(fd, F_GETFD);
+        if (r >= 0)
+                (void)fcntl(fd, F_SETFD, r | FD_CLOEXEC);
+
         if (c->url.tls) {
                 /* The library already tried the first handshake write. On loopback a refusal
                  * arrives before it, and that write consumed the socket error: keep it from
