@@ -35,6 +35,11 @@
  * packets, so that a burst is read before the user acts on it (twind coalesces desired
  * documents that way) and one busy connection still cannot starve the loop. */
 #define READ_ROUNDS_MAX 64
+/* With several broker nodes, a failure moves on to the next node after a delay drawn from
+ * [1, FAILOVER_MAX_MS] ms: soon, since the other nodes are likely up, but spread out, so that the
+ * devices of a lost node do not all arrive on the next one in the same millisecond. The usual
+ * backoff applies once every node of the list failed in a row. */
+#define FAILOVER_MAX_MS 500u
 
 typedef enum ClientState {
         CLIENT_STATE_IDLE,       /* not started, or stopped for good */
@@ -50,7 +55,10 @@ struct MqttClient {
         MqttClientCallbacks cb;
         void *userdata;
 
-        BrokerUrl url;
+        BrokerUrl *urls; /* the broker's nodes, in the configured order */
+        size_t n_urls;
+        size_t node;        /* urls[node] is the node connected to, tried, or tried next */
+        BrokerUrl url;      /* a copy of urls[node], borrowing its strings */
         char hostport[280]; /* "host:port" or "[v6]:port", for reasons */
         char address[300];  /* hostport plus " (TLS)", for mqtt_client_address() */
         int keepalive;
@@ -61,7 +69,9 @@ struct MqttClient {
         bool freed;            /* mqtt_client_free() was called while dispatching */
         unsigned depth;        /* nesting of our libuv entry points, see client_leave() */
         unsigned open_handles; /* initialised uv handles not yet closed */
-        unsigned attempts;     /* attempts since the last connection that stayed up */
+        unsigned attempts;     /* backoff rounds since the last connection that stayed up */
+        size_t node_failures;  /* nodes failed in a row in this round */
+        bool was_up;           /* CONNACK 0 since mqtt_client_start() */
         uint64_t connected_ms; /* loop time of the last CONNACK 0 */
 
         uv_timer_t connect_timer;
@@ -83,6 +93,8 @@ struct MqttClient {
 };
 
 static bool lib_initialised;
+
+static void reason_printf(char *buf, size_t len, const char *fmt, ...) _printf_(3, 4);
 
 static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno);
 static void poll_cb(uv_poll_t *handle, int status, int events);
@@ -164,6 +176,15 @@ static int connack_errno(int rc)
         }
 }
 
+static uint32_t random_u32(void)
+{
+        uint32_t rnd;
+
+        if (uv_random(NULL, NULL, &rnd, sizeof(rnd), 0, NULL) < 0)
+                rnd = (uint32_t)uv_hrtime();
+        return rnd;
+}
+
 static uint64_t backoff_ms(unsigned attempt)
 {
         /* Exponential with jitter in the upper half of each window: [1,2] s, [2,4] s, ... up to
@@ -171,11 +192,23 @@ static uint64_t backoff_ms(unsigned attempt)
          * above 60 s, and successive delays never shrink (visible in logs as growing). */
         uint64_t base = (uint64_t)BACKOFF_FIRST_MS << (attempt < 5 ? attempt : 5);
         uint64_t hi = base * 2 < BACKOFF_MAX_MS ? base * 2 : BACKOFF_MAX_MS;
-        uint32_t rnd;
 
-        if (uv_random(NULL, NULL, &rnd, sizeof(rnd), 0, NULL) < 0)
-                rnd = (uint32_t)uv_hrtime();
-        return base + rnd % (hi - base + 1);
+        return base + random_u32() % (hi - base + 1);
+}
+
+/* Makes urls[i] the current node: the one the next attempt goes to and that
+ * mqtt_client_address() names. */
+static void client_set_node(MqttClient *c, size_t i)
+{
+        c->node = i;
+        c->url = c->urls[i];
+        if (strchr(c->url.host, ':'))
+                reason_printf(c->hostport, sizeof(c->hostport), "[%s]:%d", c->url.host,
+                              c->url.port);
+        else
+                reason_printf(c->hostport, sizeof(c->hostport), "%s:%d", c->url.host, c->url.port);
+        reason_printf(c->address, sizeof(c->address), "%s%s", c->hostport,
+                      c->url.tls ? " (TLS)" : "");
 }
 
 static void client_close_cb(uv_handle_t *handle)
@@ -185,7 +218,7 @@ static void client_close_cb(uv_handle_t *handle)
         if (handle->type == UV_POLL)
                 free(handle);
         if (--c->open_handles == 0 && c->freed) {
-                broker_url_done(&c->url);
+                broker_url_list_free(c->urls, c->n_urls);
                 free(c);
         }
 }
@@ -293,7 +326,6 @@ static void client_after_call(MqttClient *c, int rc, int saved_errno)
                 client_keepalive_start(c);
 }
 
-static void reason_printf(char *buf, size_t len, const char *fmt, ...) _printf_(3, 4);
 static void reason_printf(char *buf, size_t len, const char *fmt, ...)
 {
         va_list ap;
@@ -305,15 +337,27 @@ static void reason_printf(char *buf, size_t len, const char *fmt, ...)
 
 static void connect_timer_cb(uv_timer_t *t);
 
-/* Reports a finished connection or attempt, and arms the next attempt when one is due. */
+/* Reports a finished connection or attempt, and arms the next attempt when one is due: on the
+ * next node soon while some node of this round has not failed yet, else after the backoff.
+ * Either way the attempt after a failure goes to the next node of the list.
+ * Without reconnect, each node is tried once until one accepts, and a lost connection ends it. */
 static void client_report_down(MqttClient *c, int error, const char *reason)
 {
+        bool other_node = c->n_urls > 1 && c->node_failures + 1 < c->n_urls;
         uint64_t retry_ms = 0;
 
-        if (error != 0 && !c->stopping && c->reconnect) {
-                retry_ms = backoff_ms(c->attempts);
-                if (c->attempts < UINT_MAX)
-                        c->attempts++;
+        if (error != 0 && !c->stopping && (c->reconnect || (other_node && !c->was_up))) {
+                if (other_node) {
+                        c->node_failures++;
+                        retry_ms = 1 + random_u32() % FAILOVER_MAX_MS; /* 0 means "none" */
+                } else {
+                        c->node_failures = 0;
+                        retry_ms = backoff_ms(c->attempts);
+                        if (c->attempts < UINT_MAX)
+                                c->attempts++;
+                }
+                /* The reason names the node that failed; the address is now the next one. */
+                client_set_node(c, (c->node + 1) % c->n_urls);
                 c->state = CLIENT_STATE_WAITING;
                 (void)uv_timer_start(&c->connect_timer, connect_timer_cb, retry_ms, 0);
         } else
@@ -341,8 +385,10 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
 
                 if (stable_ms > BACKOFF_RESET_MS)
                         stable_ms = BACKOFF_RESET_MS;
-                if (uv_now(c->loop) - c->connected_ms >= stable_ms)
+                if (uv_now(c->loop) - c->connected_ms >= stable_ms) {
                         c->attempts = 0;
+                        c->node_failures = 0;
+                }
         }
 
         if (c->stopping) {
@@ -351,7 +397,7 @@ static void client_connection_lost(MqttClient *c, int mosq_rc, int saved_errno)
                 reason_printf(reason, sizeof(reason), "disconnected from %s", a);
         } else if (c->connack_rc != 0) {
                 error = connack_errno(c->connack_rc);
-                reason_printf(reason, sizeof(reason), "connection refused: %s",
+                reason_printf(reason, sizeof(reason), "connection refused by %s: %s", a,
                               connack_text(c->connack_rc));
         } else if (c->tls_error[0] && !was_connected) {
                 error = -EPROTO;
@@ -747,6 +793,7 @@ static void on_connect(struct mosquitto *m, void *obj, int rc)
                 return;
         }
         c->state = CLIENT_STATE_CONNECTED;
+        c->was_up = true;
         c->connected_ms = uv_now(c->loop);
         c->sock_error = 0;
         c->tls_error[0] = '\0';
@@ -931,9 +978,10 @@ int mqtt_client_new(MqttClient **ret, uv_loop_t *loop, const MqttClientOptions *
         if (!c)
                 return -ENOMEM;
 
-        r = broker_url_parse(opts->url, &c->url, err, errlen);
+        r = broker_url_list_parse(opts->url, &c->urls, &c->n_urls, err, errlen);
         if (r < 0)
                 goto fail;
+        client_set_node(c, 0);
         if (!c->url.tls && (opts->cafile || opts->certfile)) {
                 reason_printf(err, errlen, "TLS files given but %s is not an mqtts:// URL",
                               opts->url);
@@ -947,14 +995,6 @@ int mqtt_client_new(MqttClient **ret, uv_loop_t *loop, const MqttClientOptions *
                 goto fail;
         if (opts->keyfile && (r = check_readable("client key", opts->keyfile, err, errlen)) < 0)
                 goto fail;
-
-        if (strchr(c->url.host, ':'))
-                reason_printf(c->hostport, sizeof(c->hostport), "[%s]:%d", c->url.host,
-                              c->url.port);
-        else
-                reason_printf(c->hostport, sizeof(c->hostport), "%s:%d", c->url.host, c->url.port);
-        reason_printf(c->address, sizeof(c->address), "%s%s", c->hostport,
-                      c->url.tls ? " (TLS)" : "");
 
         if (!lib_initialised) {
                 /* Once per process and never cleaned up: mosquitto_lib_cleanup() unloads
@@ -988,7 +1028,7 @@ int mqtt_client_new(MqttClient **ret, uv_loop_t *loop, const MqttClientOptions *
 fail:
         if (c->mosq)
                 mosquitto_destroy(c->mosq);
-        broker_url_done(&c->url);
+        broker_url_list_free(c->urls, c->n_urls);
         free(c);
         return r;
 }
@@ -1001,6 +1041,8 @@ int mqtt_client_start(MqttClient *c)
                 return -EALREADY;
         c->stopping = false;
         c->attempts = 0;
+        c->node_failures = 0;
+        c->was_up = false;
         c->state = CLIENT_STATE_WAITING;
         /* From a timer, never from the caller's stack (which may be a callback of ours). */
         return uv_timer_start(&c->connect_timer, connect_timer_cb, 0, 0);

@@ -450,7 +450,8 @@ static int verify_error(char *err, size_t errlen, const char *fmt, ...)
 
 int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
 {
-        BrokerUrl url = { 0 };
+        BrokerUrl *urls = NULL;
+        size_t n_urls = 0;
         char reason[256] = "";
         int r;
 
@@ -469,13 +470,13 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
 
         if (!c->broker_url || c->broker_url[0] == '\0')
                 return verify_error(err, errlen, "[broker] url: missing");
-        r = broker_url_parse(c->broker_url, &url, reason, sizeof reason);
-        broker_url_done(&url);
+        r = broker_url_list_parse(c->broker_url, &urls, &n_urls, reason, sizeof reason);
+        broker_url_list_free(urls, n_urls);
         if (r == -ENOMEM) {
                 verify_error(err, errlen, "out of memory");
                 return -ENOMEM;
         }
-        /* broker_url_parse's reason already quotes the URL. */
+        /* broker_url_list_parse's reason already quotes the URL. */
         if (r < 0 && reason[0])
                 return verify_error(err, errlen, "[broker] url: %s", reason);
         if (r < 0)
