@@ -23,6 +23,11 @@ def rabbitmq(tmp_path_factory):
 
 def test_agent_applies_and_twinctl_sets_and_gets(rabbitmq, agents, services, make_apply):
     agent = agents(rabbitmq, "rmq-dev")
+    # Once, on a loaded machine, RabbitMQ closed the agent's connection during this test with
+    # the suite's keepalive of 5 s (and set --wait then timed out); idle for 50 s with 5 s it
+    # did not. 60 s keeps the test about what it checks; the will needs no keepalive (the
+    # broker sees the socket close).
+    agent.configure("broker", "keepalive", "60")
     service = services(rabbitmq, agent.device_id, agent)
     apply = make_apply()
     doc = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
