@@ -689,8 +689,12 @@ static int client_read_burst(MqttClient *c, int *ret_errno)
                 *ret_errno = errno;
                 c->last_read_ms = uv_now(c->loop);
                 ssl = c->poll ? mosquitto_ssl_get(c->mosq) : NULL;
+                /* FIONREAD is a system call: after the first packet, ask only every 8th round.
+                 * In between "more" is a guess, and a wrong one costs one read that finds
+                 * nothing; a fleet's twinctl list reads 300,000 packets in a row. */
                 more = rc == MOSQ_ERR_SUCCESS && c->poll &&
-                       ((ssl && SSL_has_pending(ssl)) || socket_has_input(c));
+                       ((ssl && SSL_has_pending(ssl)) ||
+                        (rounds % 8 != 0 ? true : socket_has_input(c)));
         } while (more && ++rounds < READ_ROUNDS_MAX);
 
         if (more)

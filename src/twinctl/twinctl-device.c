@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "twin-model.h"
@@ -44,8 +45,78 @@ char *device_topic(const char *root, const char *id, enum DeviceKind kind)
         return t;
 }
 
-int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
-                      size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+/* Copies into a new object the members of doc named in keys (NULL-terminated). */
+static json_t *pick(const json_t *doc, const char *const *keys)
+{
+        json_t *o = json_object(), *v;
+
+        for (; o && *keys; keys++)
+                if ((v = json_object_get(doc, *keys)) && json_object_set(o, *keys, v) < 0)
+                        return json_decref(o), NULL;
+        return o;
+}
+
+/* What list shows of a document (see device_map_update_summary()); NULL on ENOMEM. */
+static json_t *summarize(enum DeviceKind kind, const json_t *doc)
+{
+        static const char *const desired[] = { "$version", "configId", NULL };
+        static const char *const reported[] = { "configId", NULL };
+        static const char *const status[] = { "state", "desiredVersion", "configId", NULL };
+        static const char *const connection[] = { "state", NULL };
+        json_t *o, *st;
+
+        switch (kind) {
+        case DEVICE_KIND_DESIRED:
+                return pick(doc, desired);
+        case DEVICE_KIND_REPORTED:
+                o = pick(doc, reported);
+                st = device_reported_status(doc);
+                if (o && st && json_object_set_new(o, "$status", pick(st, status)) < 0)
+                        return json_decref(o), NULL;
+                return o;
+        case DEVICE_KIND_CONNECTION:
+                return pick(doc, connection);
+        case _DEVICE_KIND_MAX:
+        case _DEVICE_KIND_INVALID:
+                break;
+        }
+        return NULL;
+}
+
+/* Summaries are shared: across a fleet most devices have the same few (the same desired
+ * $version and configId after a fleet-wide set, "online"), so list keeps each distinct one
+ * once, keyed by its compact text. Lives as long as the process: twinctl runs one command. */
+static json_t *summary_cache;
+
+/* Returns doc's summary (a new reference, shared with identical ones), NULL on ENOMEM. */
+static json_t *summary_interned(enum DeviceKind kind, const json_t *doc)
+{
+        json_t *small = summarize(kind, doc), *known;
+        char *text;
+
+        if (!small)
+                return NULL;
+        if (!summary_cache && !(summary_cache = json_object()))
+                return json_decref(small), NULL;
+        text = json_dumps(small, JSON_COMPACT | JSON_SORT_KEYS);
+        if (!text)
+                return json_decref(small), NULL;
+        /* The kind is part of the key: a desired and a reported summary never mix. */
+        text[0] = (char)('0' + kind);
+        known = json_object_get(summary_cache, text);
+        if (known) {
+                json_decref(small);
+                small = json_incref(known);
+        } else if (json_object_set(summary_cache, text, small) < 0) {
+                json_decref(small);
+                small = NULL;
+        }
+        free(text);
+        return small;
+}
+
+static int map_update(json_t *map, const char *root, const char *topic, const void *payload,
+                      size_t len, bool summary, const char **ret_id, enum DeviceKind *ret_kind)
 {
         size_t rl = strlen(root);
         const char *id, *slash;
@@ -77,18 +148,27 @@ int device_map_update(json_t *map, const char *root, const char *topic, const vo
                         json_decref(doc);
                         doc = NULL;
                         r = -EBADMSG;
+                } else if (summary) {
+                        json_t *small = summary_interned(kind, doc);
+
+                        json_decref(doc);
+                        if (!small)
+                                return -ENOMEM;
+                        doc = small;
                 }
         }
 
+        /* An entry is an array indexed by kind, not an object: a fleet's list holds 100,000 of
+         * them, and an array costs a third of an object. */
         entry = json_object_get(map, idbuf);
         if (!entry) {
-                entry = json_pack("{s:n,s:n,s:n}", "desired", "reported", "connection");
+                entry = json_pack("[n,n,n]");
                 if (!entry || json_object_set_new(map, idbuf, entry) < 0) {
                         json_decref(doc);
                         return -ENOMEM;
                 }
         }
-        if (json_object_set_new(entry, kind_names[kind], doc ? doc : json_null()) < 0)
+        if (json_array_set_new(entry, (size_t)kind, doc ? doc : json_null()) < 0)
                 return -ENOMEM;
 
         /* Hand out the map's own copy of the key, which lives as long as the entry. */
@@ -100,9 +180,22 @@ int device_map_update(json_t *map, const char *root, const char *topic, const vo
         return r;
 }
 
+int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
+                      size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+{
+        return map_update(map, root, topic, payload, len, false, ret_id, ret_kind);
+}
+
+int device_map_update_summary(json_t *map, const char *root, const char *topic, const void *payload,
+                              size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+{
+        return map_update(map, root, topic, payload, len, true, ret_id, ret_kind);
+}
+
 json_t *device_entry_get(const json_t *entry, enum DeviceKind kind)
 {
-        json_t *d = json_object_get(entry, device_kind_to_string(kind));
+        json_t *d =
+            kind >= 0 && kind < _DEVICE_KIND_MAX ? json_array_get(entry, (size_t)kind) : NULL;
 
         return json_is_object(d) ? d : NULL;
 }

@@ -251,7 +251,9 @@ static void on_message(BrokerSession *b, const char *topic, const void *payload,
         json_t *entry;
         int r;
 
-        r = device_map_update(s->map, s->args->topic_root, topic, payload, len, &id, &kind);
+        /* list (no device_id) needs only a summary of each document: far less memory. */
+        r = (s->device_id ? device_map_update : device_map_update_summary)(
+            s->map, s->args->topic_root, topic, payload, len, &id, &kind);
         if (r == -ENOENT)
                 return;
         if (r == -ENOMEM) {
