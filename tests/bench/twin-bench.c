@@ -610,35 +610,85 @@ out:
         return r;
 }
 
-/* Runs argv with stdout to out (NULL: /dev/null), stderr to err; times it and reads its peak
- * RSS from wait4(). 0 or negative errno; *ret_status is the exit status (or 128 + signal). */
-static int run_measured(char *const argv[], const char *out, const char *err, uint64_t *ret_ns,
-                        long *ret_maxrss_kib, int *ret_status)
+/* twin-bench --measure-child RESULT OUT ERR CMD [ARG...]: runs CMD with stdout to OUT and
+ * stderr to ERR, and writes "NANOSECONDS MAXRSS_KIB STATUS" to RESULT. A fresh twin-bench forks
+ * CMD, because ru_maxrss counts what a forked child had before its exec: a child forked from the
+ * benchmark itself (tens of MiB by then) would report at least that. */
+static int measure_child(int argc, char *argv[])
 {
         struct rusage ru;
-        uint64_t t0 = now_ns();
+        uint64_t t0;
         int status;
+        FILE *f;
         pid_t pid;
 
+        if (argc < 6)
+                return 2;
+        t0 = now_ns();
         pid = fork();
         if (pid < 0)
-                return -errno;
+                return 1;
         if (pid == 0) {
-                int o = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0644);
-                int e = open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
+                int o = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                int e = open(argv[4], O_WRONLY | O_CREAT | O_APPEND, 0644);
 
                 if (o >= 0)
                         dup2(o, STDOUT_FILENO);
                 if (e >= 0)
                         dup2(e, STDERR_FILENO);
-                execv(argv[0], argv);
+                execv(argv[5], argv + 5);
                 _exit(127);
         }
         if (wait4(pid, &status, 0, &ru) != pid)
+                return 1;
+        f = fopen(argv[2], "w");
+        if (!f)
+                return 1;
+        fprintf(f, "%" PRIu64 " %ld %d\n", now_ns() - t0, ru.ru_maxrss,
+                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        return fclose(f) == 0 ? 0 : 1;
+}
+
+/* Runs argv with stdout to out (NULL: /dev/null), stderr to err, through --measure-child; its
+ * wall time and peak RSS. 0 or negative errno; *ret_status is the exit status (or 128 +
+ * signal). */
+static int run_measured(const Bench *b, char *const argv[], const char *out, const char *err,
+                        uint64_t *ret_ns, long *ret_maxrss_kib, int *ret_status)
+{
+        char result[300], *args[24];
+        size_t n = 0;
+        int status;
+        FILE *f;
+        pid_t pid;
+
+        snprintf(result, sizeof(result), "%s/measure.result", b->dir);
+        args[n++] = "/proc/self/exe";
+        args[n++] = "--measure-child";
+        args[n++] = result;
+        args[n++] = (char *)(out ? out : "/dev/null");
+        args[n++] = (char *)err;
+        for (size_t i = 0; argv[i] && n < 23; i++)
+                args[n++] = argv[i];
+        args[n] = NULL;
+        pid = fork();
+        if (pid < 0)
                 return -errno;
-        *ret_ns = now_ns() - t0;
-        *ret_maxrss_kib = ru.ru_maxrss;
-        *ret_status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        if (pid == 0) {
+                execv(args[0], args);
+                _exit(127);
+        }
+        if (waitpid(pid, &status, 0) != pid)
+                return -errno;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                return -EIO;
+        f = fopen(result, "r");
+        if (!f)
+                return -errno;
+        if (fscanf(f, "%" SCNu64 " %ld %d", ret_ns, ret_maxrss_kib, ret_status) != 3) {
+                fclose(f);
+                return -EIO;
+        }
+        fclose(f);
         return 0;
 }
 
@@ -663,7 +713,7 @@ static int scale_twinctl(Bench *b, const Broker *broker, const char *label, cons
         for (size_t i = 0; args[i] && n < 15; i++)
                 argv[n++] = (char *)args[i];
         argv[n] = NULL;
-        r = run_measured(argv, out, err, &ns, &kib, &status);
+        r = run_measured(b, argv, out, err, &ns, &kib, &status);
         if (r < 0 || status != 0) {
                 fprintf(stderr, "scale: twinctl %s failed (status %d), see %s\n", label, status,
                         err);
@@ -1102,6 +1152,8 @@ int main(int argc, char *argv[])
         Bench *b;
         int r, failed = 0;
 
+        if (argc > 1 && strcmp(argv[1], "--measure-child") == 0)
+                return measure_child(argc, argv);
         b = calloc(1, sizeof(*b));
         if (!b)
                 return EXIT_FAILURE;
