@@ -5,10 +5,11 @@ retained store would hold it): the agent moves to the next node when its node go
 which node it is on, republishes and re-reads without re-applying; twinctl --broker tries the
 nodes in order. The brokers suite does the same on a real cluster (aedes + redis)."""
 
+import subprocess
 import types
 
 import twinlib
-from test_twinctl import EXIT_OK, EXIT_UNREACHABLE, twinctl
+from test_twinctl import EXIT_OK, EXIT_UNREACHABLE, environment, twinctl, twinctl_binary
 from twinlib import Broker, Service, poll, props, start_agent
 
 DOC = {"$version": 1, "configId": 1, "sendFrequency": "5m"}
@@ -42,6 +43,10 @@ def test_agent_fails_over_to_the_next_node(tmp_path, agent, broker, service, mak
         assert st["connected"] and node(other) in st["statusText"], st
         assert st["counters"]["reconnects"] == 1, st
         assert len(apply.calls()) == 1
+        r = subprocess.run([twinctl_binary(), "--socket", agent.socket, "status"],
+                           capture_output=True, text=True, timeout=10, env=environment())
+        assert r.returncode == EXIT_OK, r.stderr
+        assert "Broker:" in r.stdout and f"{node(other)}, connected since" in r.stdout, r.stdout
         log = agent.log_text()
         assert f"Lost the broker connection: connection lost to {node(broker)}" in log, log
         assert f"Connected to {node(other)}" in log, log
