@@ -46,6 +46,7 @@ struct BrokerSession {
         bool interrupted;
 
         uint64_t sync_sent, sync_received;
+        unsigned subscribes_pending; /* SUBSCRIBEs sent and not yet acknowledged */
         int awaited_mid;
         bool awaited_mid_done;
 
@@ -112,6 +113,14 @@ static void on_published(MqttClient *c, int mid, void *userdata)
 
         if (mid == s->awaited_mid)
                 s->awaited_mid_done = true;
+}
+
+static void on_subscribed(MqttClient *c, int mid, void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        if (s->subscribes_pending > 0)
+                s->subscribes_pending--;
 }
 
 static void on_timer(uv_timer_t *t)
@@ -196,6 +205,7 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
                 .disconnected = on_disconnected,
                 .message = on_message,
                 .published = on_published,
+                .subscribed = on_subscribed,
         };
         _cleanup_broker_session_ BrokerSession *s = NULL;
         char token[33], err[256] = "";
@@ -296,6 +306,7 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
         r = mqtt_client_subscribe(s->client, s->sync_topic, 0, NULL);
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to %s", s->sync_topic);
+        s->subscribes_pending++;
 
         *ret = TAKE_PTR(s);
         return 0;
@@ -307,6 +318,7 @@ int broker_session_subscribe(BrokerSession *s, const char *pattern)
 
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to %s", pattern);
+        s->subscribes_pending++;
         if (strpbrk(pattern, "+#"))
                 s->wildcard = true;
         return 0;
@@ -336,6 +348,7 @@ static int probe_wildcard_retained(BrokerSession *s, uint64_t deadline_ms)
         r = mqtt_client_subscribe(s->client, pattern, 0, NULL);
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to %s", pattern);
+        s->subscribes_pending++;
         r = sync_round_trip(s, deadline_ms);
         if (r < 0)
                 return r;
@@ -367,10 +380,26 @@ int broker_session_sync(BrokerSession *s, uint64_t deadline_ms)
         return sync_round_trip(s, deadline_ms);
 }
 
+static bool subscribed_all(void *userdata)
+{
+        BrokerSession *s = userdata;
+
+        return s->subscribes_pending == 0;
+}
+
 static int sync_round_trip(BrokerSession *s, uint64_t deadline_ms)
 {
         char payload[32];
         int r, n;
+
+        /* A broker may handle the packets of one connection concurrently (aedes handles a
+         * whole TCP read at once): a publish sent right behind a SUBSCRIBE can be routed before
+         * the subscription exists, and our echo would never come. The SUBACK says it does. */
+        r = broker_session_wait(s, subscribed_all, s, deadline_ms);
+        if (r == -ETIMEDOUT)
+                log_error("broker %s did not acknowledge a subscription in time", s->url);
+        if (r < 0)
+                return r;
 
         s->sync_sent++;
         n = snprintf(payload, sizeof payload, "%" PRIu64, s->sync_sent);
