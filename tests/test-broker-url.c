@@ -55,6 +55,90 @@ static void check_redacted(int line, const char *url, const char *reason, const 
         broker_url_done(&u);
 }
 
+/* A list parses into these "host:port" entries, all with this tls. */
+static void check_list_ok(int line, const char *list, bool tls, size_t n, const char *const *want)
+{
+        BrokerUrl *urls = NULL;
+        size_t got = 0;
+        char err[256] = "", hp[300];
+        int r = broker_url_list_parse(list, &urls, &got, err, sizeof(err));
+        bool ok = r == 0 && got == n;
+
+        for (size_t i = 0; ok && i < n; i++) {
+                snprintf(hp, sizeof(hp), "%s:%d", urls[i].host, urls[i].port);
+                ok = strcmp(hp, want[i]) == 0 && urls[i].tls == tls;
+        }
+        if (!ok) {
+                fprintf(stderr, "%s:%d: <%s> gave r=%d n=%zu (%s)\n", __FILE__, line, list, r, got,
+                        err);
+                test_failures++;
+        }
+        CHECK(broker_url_list_free(urls, got) == NULL);
+}
+
+static void check_list_refused(int line, const char *list, const char *reason)
+{
+        BrokerUrl *urls = NULL;
+        size_t n = 99;
+        char err[256] = "";
+        int r = broker_url_list_parse(list, &urls, &n, err, sizeof(err));
+
+        if (r != -EINVAL || urls || n != 99 || !strstr(err, reason)) {
+                fprintf(stderr, "%s:%d: <%s> gave r=%d err=<%s>, expected -EINVAL and <%s>\n",
+                        __FILE__, line, list ? list : "(null)", r, err, reason);
+                test_failures++;
+        }
+}
+
+static void test_lists(void)
+{
+        char many[64 * 20] = "";
+
+        check_list_ok(__LINE__, "mqtt://a", false, 1, (const char *const[]){ "a:1883" });
+        check_list_ok(__LINE__, "mqtt://a:1 mqtt://b:2", false, 2,
+                      (const char *const[]){ "a:1", "b:2" });
+        check_list_ok(__LINE__, " mqtts://a,mqtts://[::1]:9 ,\tmqtts://c, ", true, 3,
+                      (const char *const[]){ "a:8883", "::1:9", "c:8883" });
+        check_list_ok(__LINE__, "mqtt://a,,mqtt://a", false, 2,
+                      (const char *const[]){ "a:1883", "a:1883" });
+
+        check_list_refused(__LINE__, NULL, "it is empty");
+        check_list_refused(__LINE__, "", "it is empty");
+        check_list_refused(__LINE__, " , ", "it is empty");
+        check_list_refused(__LINE__, "mqtt://a mqtts://b",
+                           "all broker URLs must be mqtt:// or all mqtts://");
+        check_list_refused(__LINE__, "mqtts://a,mqtt://b",
+                           "all broker URLs must be mqtt:// or all mqtts://");
+        check_list_refused(__LINE__, "mqtt://a mqtt://b:0", "port must be 1..65535");
+        check_list_refused(__LINE__, "mqtt://a b:1883", "no scheme");
+        {
+                /* A password with a space in it is not split and half shown. */
+                BrokerUrl *urls = NULL;
+                size_t n = 0;
+                char err[256] = "";
+
+                CHECK_INT_EQ(broker_url_list_parse("mqtt://a mqtt://alice:s3 cr3t@b", &urls, &n,
+                                                   err, sizeof(err)),
+                             -EINVAL);
+                CHECK(strstr(err, "user info is not supported") != NULL);
+                CHECK(strstr(err, "s3") == NULL && strstr(err, "cr3t") == NULL);
+                CHECK(strstr(err, "alice") == NULL);
+        }
+        for (int i = 0; i <= BROKER_URL_LIST_MAX; i++)
+                snprintf(many + strlen(many), sizeof(many) - strlen(many), "mqtt://h%d ", i);
+        check_list_refused(__LINE__, many, "more than 16 broker URLs");
+        many[strlen(many) - strlen("mqtt://h16 ")] = '\0';
+        {
+                BrokerUrl *urls = NULL;
+                size_t n = 0;
+
+                CHECK_INT_EQ(broker_url_list_parse(many, &urls, &n, NULL, 0), 0);
+                CHECK_INT_EQ(n, BROKER_URL_LIST_MAX);
+                broker_url_list_free(urls, n);
+        }
+        CHECK(broker_url_list_free(NULL, 3) == NULL);
+}
+
 int main(void)
 {
         check_ok(__LINE__, "mqtt://127.0.0.1:1883", "127.0.0.1", 1883, false);
@@ -113,5 +197,7 @@ int main(void)
         CHECK_INT_EQ(u.port, 42);
         /* A short buffer is still terminated. */
         CHECK_INT_EQ(strlen(err), sizeof(err) - 1);
+
+        test_lists();
         return test_exit("test-broker-url");
 }

@@ -340,6 +340,10 @@ static void test_verify(void)
                      "2: [device] id: 'bad/id' is not a valid device id (1 to 128 characters of "
                      "A-Z a-z 0-9 - . _ :)");
         CHECK_VERIFY("[device]\nid = d\n[broker]\nurl = http://h\n", "4: [broker] url: ");
+        CHECK_VERIFY("[device]\nid = d\n[broker]\nurl = mqtt://a:1883, mqtt://b:1883 mqtt://c\n",
+                     NULL);
+        CHECK_VERIFY("[device]\nid = d\n[broker]\nurl = mqtt://a mqtts://b\n",
+                     "4: [broker] url: invalid broker URL \"mqtts://b\": all broker URLs must be");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ntopic_root = a/#\n",
                      "4: [broker] topic_root: 'a/#' is not a valid topic root");
         CHECK_VERIFY("[device]\nid = d\n[broker]\ntopic_root = /a\n",

@@ -2,7 +2,8 @@
 /* The MQTT client against a real mosquitto on loopback: connect, subscribe, retained QoS 1
  * publish, keepalive while idle (and how rarely an idle client wakes), the will after a client
  * falls silent, reconnect with backoff after the broker goes away and comes back, a broker that
- * is not there at all, two clients with one client id backing off, clean disconnect, and TLS
+ * is not there at all, two clients with one client id backing off, clean disconnect, failover
+ * across the nodes of a URL list (with and without reconnect), and TLS
  * (good CA, wrong CA, wrong host name; against fake brokers: a burst of packets in one record,
  * a non-TLS reply to the handshake). */
 
@@ -747,10 +748,116 @@ static void test_refused(void)
         CHECK(run_until(loop, &e.disconnected, 1, WAIT_MS));
         CHECK_INT_EQ(e.connected, 0);
         CHECK_INT_EQ(e.last_error, -EACCES);
-        CHECK(strstr(e.last_reason, "connection refused: ") != NULL);
+        CHECK(strstr(e.last_reason, "connection refused by 127.0.0.1:") != NULL);
         CHECK(strstr(e.last_reason, "hunter2") == NULL);
         client_free(loop, c);
         broker_stop(&b);
+}
+
+/* "host:port" of the node the client names now. */
+static bool address_has_port(MqttClient *c, int port)
+{
+        char want[32];
+
+        snprintf(want, sizeof(want), "127.0.0.1:%d", port);
+        return strcmp(mqtt_client_address(c), want) == 0;
+}
+
+/* Two nodes: the client starts on the first, moves to the second soon after losing the first,
+ * and backs off as usual once both failed in a row (no connection stayed up). The first node
+ * restarts (a fork) while the client is connected to the second: a child must not inherit the
+ * socket, or the next connection never sends its CONNECT (see client_connect_to()). */
+static void test_failover(void)
+{
+        uv_loop_t *loop = uv_default_loop();
+        Broker a = { .port = free_port() }, b = { .port = free_port() };
+        char url[128], port_a[32];
+        Events e = { 0 };
+        MqttClientOptions o = { .url = url, .keepalive = 5, .reconnect = true };
+        MqttClient *c;
+
+        broker_start(&a);
+        broker_start(&b);
+        snprintf(url, sizeof(url), " mqtt://127.0.0.1:%d ,mqtt://127.0.0.1:%d", a.port, b.port);
+        snprintf(port_a, sizeof(port_a), "127.0.0.1:%d", a.port);
+        c = client_new(loop, &o, &e);
+        CHECK(address_has_port(c, a.port));
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.connected, 1, WAIT_MS));
+        CHECK(address_has_port(c, a.port));
+
+        broker_stop(&a);
+        CHECK(run_until(loop, &e.disconnected, 1, WAIT_MS));
+        CHECK(strstr(e.last_reason, port_a) != NULL);
+        CHECK(e.retries[0] >= 1 && e.retries[0] <= 500);
+        CHECK(address_has_port(c, b.port));
+        CHECK(run_until(loop, &e.connected, 2, WAIT_MS));
+        CHECK(address_has_port(c, b.port));
+
+        /* Both nodes failed in a row: the backoff's first window, then back on the first. */
+        broker_start(&a);
+        broker_stop(&b);
+        CHECK(run_until(loop, &e.disconnected, 2, WAIT_MS));
+        CHECK(e.retries[1] >= 1000 && e.retries[1] <= 2000);
+        CHECK(address_has_port(c, a.port));
+        CHECK(run_until(loop, &e.connected, 3, WAIT_MS));
+        CHECK(address_has_port(c, a.port));
+        client_free(loop, c);
+        broker_stop(&a);
+
+        /* No node up: fast to the second node, backoff after it, growing per round. */
+        memset(&e, 0, sizeof(e));
+        c = client_new(loop, &o, &e);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.disconnected, 4, WAIT_MS));
+        CHECK_INT_EQ(e.connected, 0);
+        CHECK(e.retries[0] >= 1 && e.retries[0] <= 500);
+        CHECK(e.retries[1] >= 1000 && e.retries[1] <= 2000);
+        CHECK(e.retries[2] >= 1 && e.retries[2] <= 500);
+        CHECK(e.retries[3] >= 2000 && e.retries[3] <= 4000);
+        client_free(loop, c);
+}
+
+/* Without reconnect (twinctl): each node once, in order, until one accepts; no retry after a
+ * loss. */
+static void test_failover_once(void)
+{
+        uv_loop_t *loop = uv_default_loop();
+        Broker b = { .port = free_port() };
+        int dead = free_port();
+        char url[128];
+        Events e = { 0 };
+        MqttClientOptions o = { .url = url };
+        MqttClient *c;
+
+        broker_start(&b);
+        snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d mqtt://127.0.0.1:%d", dead, b.port);
+        c = client_new(loop, &o, &e);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.connected, 1, WAIT_MS));
+        CHECK_INT_EQ(e.disconnected, 1);
+        CHECK(e.retries[0] >= 1 && e.retries[0] <= 500);
+        CHECK(address_has_port(c, b.port));
+        broker_stop(&b);
+        CHECK(run_until(loop, &e.disconnected, 2, WAIT_MS));
+        CHECK_INT_EQ(e.retries[1], 0);
+        run_for(loop, 600);
+        CHECK_INT_EQ(e.disconnected, 2);
+        CHECK_INT_EQ(e.connected, 1);
+        client_free(loop, c);
+
+        /* Nobody there: two attempts, the last one says that none follows. */
+        memset(&e, 0, sizeof(e));
+        snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d,mqtt://127.0.0.1:%d", dead, b.port);
+        c = client_new(loop, &o, &e);
+        CHECK_INT_EQ(mqtt_client_start(c), 0);
+        CHECK(run_until(loop, &e.disconnected, 2, WAIT_MS));
+        CHECK(e.retries[0] >= 1 && e.retries[0] <= 500);
+        CHECK_INT_EQ(e.retries[1], 0);
+        CHECK_INT_EQ(e.last_error, -ECONNREFUSED);
+        run_for(loop, 600);
+        CHECK_INT_EQ(e.disconnected, 2);
+        client_free(loop, c);
 }
 
 /* TLS to a port where nobody listens fails like plain TCP, without spinning. */
@@ -1031,6 +1138,8 @@ int main(void)
         test_reconnect();
         test_no_broker();
         test_refused();
+        test_failover();
+        test_failover_once();
         test_tls();
 
         CHECK_INT_EQ(uv_loop_close(uv_default_loop()), 0);

@@ -191,3 +191,72 @@ void broker_url_done(BrokerUrl *u)
         free(u->host);
         u->host = NULL;
 }
+
+/* Characters that separate the URLs of a list: none of them can occur inside a valid URL. */
+#define LIST_SEPARATORS " \t,"
+
+int broker_url_list_parse(const char *list, BrokerUrl **ret, size_t *ret_n, char *err,
+                          size_t errlen)
+{
+        BrokerUrl parsed[BROKER_URL_LIST_MAX] = { 0 };
+        _cleanup_free_ char *copy = NULL;
+        BrokerUrl *urls;
+        size_t n = 0;
+        char *word, *save = NULL;
+        int r = 0;
+
+        if (!list)
+                return url_err(err, errlen, "", "it is empty");
+        /* Before splitting: a password with a space or comma in it must not end up quoted. */
+        if (strchr(list, '@'))
+                return url_err(err, errlen, list,
+                               "user info is not supported, configure username and password_file "
+                               "instead");
+        copy = strdup(list);
+        if (!copy)
+                return -ENOMEM;
+        for (word = strtok_r(copy, LIST_SEPARATORS, &save); word;
+             word = strtok_r(NULL, LIST_SEPARATORS, &save)) {
+                if (n == BROKER_URL_LIST_MAX) {
+                        r = url_err(err, errlen, word, "more than %d broker URLs",
+                                    BROKER_URL_LIST_MAX);
+                        goto fail;
+                }
+                r = broker_url_parse(word, &parsed[n], err, errlen);
+                if (r < 0)
+                        goto fail;
+                n++;
+                if (parsed[n - 1].tls != parsed[0].tls) {
+                        r = url_err(err, errlen, word,
+                                    "all broker URLs must be mqtt:// or all mqtts://");
+                        goto fail;
+                }
+        }
+        if (n == 0)
+                return url_err(err, errlen, list, "it is empty");
+
+        urls = calloc(n, sizeof(*urls));
+        if (!urls) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        memcpy(urls, parsed, n * sizeof(*urls));
+        *ret = urls;
+        *ret_n = n;
+        return 0;
+
+fail:
+        for (size_t i = 0; i < n; i++)
+                broker_url_done(&parsed[i]);
+        return r;
+}
+
+BrokerUrl *broker_url_list_free(BrokerUrl *urls, size_t n)
+{
+        if (!urls)
+                return NULL;
+        for (size_t i = 0; i < n; i++)
+                broker_url_done(&urls[i]);
+        free(urls);
+        return NULL;
+}

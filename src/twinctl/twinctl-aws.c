@@ -97,21 +97,21 @@ static json_t *normal_reported(const json_t *reported, int64_t version)
 static void learn(AwsBackend *a, Thing *t, enum DeviceKind kind, json_t *doc)
 {
         json_t *entry = json_object_get(a->map, t->name), *old;
-        const char *name = device_kind_to_string(kind);
 
         if (!entry) {
-                entry = json_pack("{s:n, s:n, s:n}", "desired", "reported", "connection");
+                entry = device_entry_new();
                 if (!entry || json_object_set_new(a->map, t->name, entry) < 0) {
                         json_decref(doc);
                         return;
                 }
         }
-        old = json_object_get(entry, name);
-        if (doc ? json_equal(old, doc) : json_is_null(old)) {
+        old = device_entry_get(entry, kind);
+        if (doc ? json_equal(old, doc) : !old) {
                 json_decref(doc);
                 return;
         }
-        json_object_set_new(entry, name, doc ? doc : json_null());
+        if (device_entry_set(entry, kind, doc) < 0)
+                return;
         if (a->on_change)
                 a->on_change(&a->base, t->name, kind, entry, a->userdata);
 }

@@ -328,6 +328,7 @@ static json_t *twin_entry(const json_t *twin)
         json_t *reported = json_deep_copy(json_object_get(props, "reported"));
         const char *state = json_string_value(json_object_get(twin, "connectionState"));
         json_t *status, *conn, *entry;
+        int r;
 
         if (!json_is_object(desired)) {
                 json_decref(desired);
@@ -350,8 +351,13 @@ static json_t *twin_entry(const json_t *twin)
                                  "since", json_object_get(twin, "connectionStateUpdatedTime"),
                                  "lastActivity", json_object_get(twin, "lastActivityTime"))
                      : json_null();
-        entry = json_pack("{s:o, s:o, s:o}", "desired", desired, "reported", reported, "connection",
-                          conn ? conn : json_null());
+        /* device_entry_set() takes the documents also when it fails (or entry is NULL). */
+        entry = device_entry_new();
+        r = device_entry_set(entry, DEVICE_KIND_DESIRED, desired);
+        r = device_entry_set(entry, DEVICE_KIND_REPORTED, reported) < 0 ? -ENOMEM : r;
+        r = device_entry_set(entry, DEVICE_KIND_CONNECTION, conn) < 0 ? -ENOMEM : r;
+        if (!entry || r < 0)
+                return json_decref(entry), NULL;
         return entry;
 }
 
@@ -373,10 +379,9 @@ static int azure_learn(AzureBackend *a, const json_t *twin)
         }
         entry = json_object_get(a->map, id);
         for (enum DeviceKind k = 0; k < _DEVICE_KIND_MAX; k++) {
-                const char *name = device_kind_to_string(k);
+                json_t *was = device_entry_get(old, k), *now = device_entry_get(entry, k);
 
-                if (a->on_change &&
-                    (!old || !json_equal(json_object_get(old, name), json_object_get(entry, name))))
+                if (a->on_change && (!old || (was ? !json_equal(was, now) : !!now)))
                         a->on_change(&a->base, id, k, entry, a->userdata);
         }
         json_decref(old);

@@ -46,6 +46,9 @@ enum TwinBackendFlag {
 typedef struct TwinBackendFilter {
         bool pending, failed, offline;
         char *const *ids; /* NULL: every device; else only these (NULL-terminated) */
+        /* Only what list shows is read from the entries (see device_map_update_summary()): a
+         * back end may keep that much of each document instead of the whole. */
+        bool summary;
 } TwinBackendFilter;
 
 typedef struct TwinBackendImpl {

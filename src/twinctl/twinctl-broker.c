@@ -34,6 +34,10 @@ struct BrokerSession {
         char *url;
         char *password;
         char *sync_topic;
+        char *probe_topic;  /* a retained message of ours that a wildcard must deliver */
+        bool wildcard;      /* a subscription with + or # was made */
+        bool probe_checked; /* the probe came back through a wildcard subscription */
+        bool probe_seen;
 
         bool connected;
         bool ever_connected;
@@ -64,6 +68,14 @@ static void on_disconnected(MqttClient *c, int error, const char *reason, uint64
 {
         BrokerSession *s = userdata;
 
+        if (retry_in_ms > 0) {
+                /* Another node of the --broker list is tried next (only before the first
+                 * CONNACK: without reconnect the client never retries after a loss). */
+                log_debug("%s; trying %s", reason ? reason : "connection failed",
+                          mqtt_client_address(c));
+                snprintf(s->reason, sizeof s->reason, "%s", reason ? reason : "");
+                return;
+        }
         s->connected = false;
         s->error = error < 0 ? error : -ECONNRESET;
         snprintf(s->reason, sizeof s->reason, "%s", reason ? reason : "");
@@ -75,6 +87,11 @@ static void on_message(MqttClient *c, const char *topic, const void *payload, si
 {
         BrokerSession *s = userdata;
 
+        if (s->probe_topic && strcmp(topic, s->probe_topic) == 0) {
+                if (len > 0)
+                        s->probe_seen = true;
+                return;
+        }
         if (strcmp(topic, s->sync_topic) == 0) {
                 char buf[32];
                 uint64_t n;
@@ -229,9 +246,13 @@ int broker_session_connect(BrokerSession **ret, const TwinctlArgs *args, uint64_
         if (r < 0)
                 return log_error_errno(r, "Failed to get random bytes");
         /* Under the topic root so that an ACL granting the root covers it; four levels deep so
-         * that ROOT/+/desired and friends never match it. */
-        if (asprintf(&s->sync_topic, "%s/.twinctl/%s/sync", args->topic_root, token) < 0) {
-                s->sync_topic = NULL;
+         * that ROOT/+/desired and friends never match it; no '.', which RabbitMQ delivers as
+         * '/' (the echo would never match). */
+        if (asprintf(&s->sync_topic, "%s/" BROKER_PRIVATE_LEVEL "/%s/sync", args->topic_root,
+                     token) < 0 ||
+            asprintf(&s->probe_topic, "%s/" BROKER_PRIVATE_LEVEL "/%s/probe", args->topic_root,
+                     token) < 0) {
+                s->sync_topic = s->probe_topic = NULL;
                 return log_error_errno(-ENOMEM, "Out of memory");
         }
 
@@ -309,6 +330,50 @@ int broker_session_subscribe(BrokerSession *s, const char *pattern)
         if (r < 0)
                 return log_error_errno(r, "Failed to subscribe to %s", pattern);
         s->subscribes_pending++;
+        if (strpbrk(pattern, "+#"))
+                s->wildcard = true;
+        return 0;
+}
+
+static int sync_round_trip(BrokerSession *s, uint64_t deadline_ms);
+
+/* Some brokers (RabbitMQ's MQTT plugin) deliver retained messages only to subscriptions that
+ * name the exact topic: a wildcard then finds nothing, and "no devices" would be a lie. Proves
+ * the broker does: publishes a retained message of ours, subscribes to it through a wildcard and
+ * sees it arrive before the sync's echo (which follows every retained message); then deletes
+ * it. A twinctl killed in between leaves one stale message below the private level, which no
+ * device pattern matches. Two round trips, once per session. */
+static int probe_wildcard_retained(BrokerSession *s, uint64_t deadline_ms)
+{
+        _cleanup_free_ char *pattern = NULL;
+        int r;
+
+        r = broker_session_publish(s, s->probe_topic, "1", 1, true, deadline_ms);
+        if (r < 0)
+                return r;
+        /* ROOT/_twinctl/TOKEN/+: a wildcard that matches the probe and nothing of anyone else. */
+        pattern = strdup(s->probe_topic);
+        if (!pattern)
+                return log_error_errno(-ENOMEM, "Out of memory");
+        strcpy(strrchr(pattern, '/') + 1, "+");
+        r = mqtt_client_subscribe(s->client, pattern, 0, NULL);
+        if (r < 0)
+                return log_error_errno(r, "Failed to subscribe to %s", pattern);
+        s->subscribes_pending++;
+        r = sync_round_trip(s, deadline_ms);
+        if (r < 0)
+                return r;
+        s->probe_checked = true;
+        r = broker_session_publish(s, s->probe_topic, NULL, 0, true, deadline_ms);
+        if (r < 0)
+                return r;
+        if (!s->probe_seen) {
+                log_error("broker %s does not deliver retained messages to wildcard subscriptions "
+                          "(RabbitMQ's MQTT plugin does not): this command cannot see the twins "
+                          "there; twinctl get DEVICE works",
+                          s->url);
+                return -EOPNOTSUPP;
+        }
         return 0;
 }
 
@@ -336,6 +401,13 @@ static bool sync_done(void *userdata)
 }
 
 int broker_session_sync(BrokerSession *s, uint64_t deadline_ms)
+{
+        if (s->wildcard && !s->probe_checked)
+                return probe_wildcard_retained(s, deadline_ms);
+        return sync_round_trip(s, deadline_ms);
+}
+
+static int sync_round_trip(BrokerSession *s, uint64_t deadline_ms)
 {
         char payload[32];
         int r, n;
@@ -420,6 +492,7 @@ BrokerSession *broker_session_free(BrokerSession *s)
         }
         s->password = secret_free(s->password);
         free(s->sync_topic);
+        free(s->probe_topic);
         free(s->url);
         free(s);
         return NULL;

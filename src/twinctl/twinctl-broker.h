@@ -16,6 +16,11 @@
 
 typedef struct BrokerSession BrokerSession;
 
+/* The topic level below the topic root that holds twinctl's private topics
+ * ({root}/_twinctl/{random}/sync and .../probe): four levels deep, so that no device pattern
+ * matches them, and without '.', which some brokers rewrite. */
+#define BROKER_PRIVATE_LEVEL "_twinctl"
+
 /* A message arrived (payload not NUL-terminated; len 0 is a deleted retained message). */
 typedef void (*BrokerMessageFunc)(BrokerSession *s, const char *topic, const void *payload,
                                   size_t len, void *userdata);
@@ -41,8 +46,10 @@ int broker_session_subscribe(BrokerSession *s, const char *pattern);
 int broker_session_wait_subscribed(BrokerSession *s, uint64_t deadline_ms);
 
 /* Returns once every retained message of the subscriptions made so far has been delivered: it
- * round-trips a message on a private topic, which the broker queues behind them. Returns 0 or a
- * logged negative errno (-ETIMEDOUT, -ECONNRESET, -EINTR). */
+ * round-trips a message on a private topic, which the broker queues behind them. The first sync
+ * after a wildcard subscription also proves that the broker delivers retained messages to
+ * wildcards at all (-EOPNOTSUPP, logged, when it does not). Returns 0 or a logged negative errno
+ * (-ETIMEDOUT, -ECONNRESET, -EINTR, -EOPNOTSUPP). */
 int broker_session_sync(BrokerSession *s, uint64_t deadline_ms);
 
 /* Publishes QoS 1 and waits for the PUBACK. Returns 0 or a logged negative errno. */

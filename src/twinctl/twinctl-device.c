@@ -2,8 +2,10 @@
 #include "twinctl-device.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "twin-model.h"
@@ -47,8 +49,114 @@ char *device_topic(const char *root, const char *id, enum DeviceKind kind)
         return t;
 }
 
-int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
-                      size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+/* Copies into a new object the members of doc named in keys (NULL-terminated). */
+static json_t *pick(const json_t *doc, const char *const *keys)
+{
+        json_t *o = json_object(), *v;
+
+        for (; o && *keys; keys++)
+                if ((v = json_object_get(doc, *keys)) && json_object_set(o, *keys, v) < 0)
+                        return json_decref(o), NULL;
+        return o;
+}
+
+/* The member of a summary that stands for the document's properties. */
+#define DIGEST_KEY "$props"
+
+/* Adds to summary o a digest of doc's properties (the members twin_properties_equal() compares:
+ * those not starting with '$'), FNV-1a 64 of their compact sorted text: equal properties give
+ * equal digests, and json_equal()'s distinctions (1 against 1.0, key sets) show in the text.
+ * Consumes o; NULL on ENOMEM. */
+static json_t *with_digest(json_t *o, const json_t *doc)
+{
+        json_t *props = json_object(), *v;
+        uint64_t h = UINT64_C(14695981039346656037);
+        const char *key;
+        char *text, hex[17];
+
+        if (!o || !props)
+                goto fail;
+        json_object_foreach ((json_t *)doc, key, v)
+                if (key[0] != '$' && json_object_set(props, key, v) < 0)
+                        goto fail;
+        text = json_dumps(props, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+        if (!text)
+                goto fail;
+        for (const char *p = text; *p; p++)
+                h = (h ^ (unsigned char)*p) * UINT64_C(1099511628211);
+        free(text);
+        json_decref(props);
+        snprintf(hex, sizeof hex, "%016" PRIx64, h);
+        if (json_object_set_new(o, DIGEST_KEY, json_string(hex)) < 0)
+                return json_decref(o), NULL;
+        return o;
+fail:
+        json_decref(props);
+        json_decref(o);
+        return NULL;
+}
+
+/* What list shows of a document (see device_map_update_summary()); NULL on ENOMEM. */
+static json_t *summarize(enum DeviceKind kind, const json_t *doc)
+{
+        static const char *const desired[] = { "$version", "configId", NULL };
+        static const char *const reported[] = { "configId", NULL };
+        static const char *const status[] = { "state", "desiredVersion", "configId", NULL };
+        static const char *const connection[] = { "state", NULL };
+        json_t *o, *st;
+
+        switch (kind) {
+        case DEVICE_KIND_DESIRED:
+                return with_digest(pick(doc, desired), doc);
+        case DEVICE_KIND_REPORTED:
+                o = with_digest(pick(doc, reported), doc);
+                st = device_reported_status(doc);
+                if (o && st && json_object_set_new(o, "$status", pick(st, status)) < 0)
+                        return json_decref(o), NULL;
+                return o;
+        case DEVICE_KIND_CONNECTION:
+                return pick(doc, connection);
+        case _DEVICE_KIND_MAX:
+        case _DEVICE_KIND_INVALID:
+                break;
+        }
+        return NULL;
+}
+
+/* Summaries are shared: across a fleet most devices have the same few (the same desired
+ * $version and configId after a fleet-wide set, "online"), so list keeps each distinct one
+ * once, keyed by its compact text. Lives as long as the process: twinctl runs one command. */
+static json_t *summary_cache;
+
+/* Returns doc's summary (a new reference, shared with identical ones), NULL on ENOMEM. */
+static json_t *summary_interned(enum DeviceKind kind, const json_t *doc)
+{
+        json_t *small = summarize(kind, doc), *known;
+        char *text;
+
+        if (!small)
+                return NULL;
+        if (!summary_cache && !(summary_cache = json_object()))
+                return json_decref(small), NULL;
+        text = json_dumps(small, JSON_COMPACT | JSON_SORT_KEYS);
+        if (!text)
+                return json_decref(small), NULL;
+        /* The kind is part of the key: a desired and a reported summary never mix. */
+        text[0] = (char)('0' + kind);
+        known = json_object_get(summary_cache, text);
+        if (known) {
+                json_decref(small);
+                small = json_incref(known);
+        } else if (json_object_set(summary_cache, text, small) < 0) {
+                json_decref(small);
+                small = NULL;
+        }
+        free(text);
+        return small;
+}
+
+static int map_update(json_t *map, const char *root, const char *topic, const void *payload,
+                      size_t len, bool summary, const char **ret_id, enum DeviceKind *ret_kind)
 {
         size_t rl = strlen(root);
         const char *id, *slash;
@@ -80,18 +188,27 @@ int device_map_update(json_t *map, const char *root, const char *topic, const vo
                         json_decref(doc);
                         doc = NULL;
                         r = -EBADMSG;
+                } else if (summary) {
+                        json_t *small = summary_interned(kind, doc);
+
+                        json_decref(doc);
+                        if (!small)
+                                return -ENOMEM;
+                        doc = small;
                 }
         }
 
+        /* An entry is an array indexed by kind, not an object: a fleet's list holds 100,000 of
+         * them, and an array costs a third of an object. */
         entry = json_object_get(map, idbuf);
         if (!entry) {
-                entry = json_pack("{s:n,s:n,s:n}", "desired", "reported", "connection");
+                entry = device_entry_new();
                 if (!entry || json_object_set_new(map, idbuf, entry) < 0) {
                         json_decref(doc);
                         return -ENOMEM;
                 }
         }
-        if (json_object_set_new(entry, kind_names[kind], doc ? doc : json_null()) < 0)
+        if (device_entry_set(entry, kind, doc) < 0)
                 return -ENOMEM;
 
         /* Hand out the map's own copy of the key, which lives as long as the entry. */
@@ -103,9 +220,37 @@ int device_map_update(json_t *map, const char *root, const char *topic, const vo
         return r;
 }
 
+int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
+                      size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+{
+        return map_update(map, root, topic, payload, len, false, ret_id, ret_kind);
+}
+
+int device_map_update_summary(json_t *map, const char *root, const char *topic, const void *payload,
+                              size_t len, const char **ret_id, enum DeviceKind *ret_kind)
+{
+        return map_update(map, root, topic, payload, len, true, ret_id, ret_kind);
+}
+
+json_t *device_entry_new(void)
+{
+        return json_pack("[n,n,n]");
+}
+
+int device_entry_set(json_t *entry, enum DeviceKind kind, json_t *doc)
+{
+        if (kind < 0 || kind >= _DEVICE_KIND_MAX || !entry) {
+                json_decref(doc);
+                return kind < 0 || kind >= _DEVICE_KIND_MAX ? -EINVAL : -ENOMEM;
+        }
+        /* Takes doc also when it fails. */
+        return json_array_set_new(entry, (size_t)kind, doc ? doc : json_null()) < 0 ? -ENOMEM : 0;
+}
+
 json_t *device_entry_get(const json_t *entry, enum DeviceKind kind)
 {
-        json_t *d = json_object_get(entry, device_kind_to_string(kind));
+        json_t *d =
+            kind >= 0 && kind < _DEVICE_KIND_MAX ? json_array_get(entry, (size_t)kind) : NULL;
 
         return json_is_object(d) ? d : NULL;
 }
@@ -124,6 +269,17 @@ static enum DeviceState state_from_string(const char *s)
         if (s && strcmp(s, "failed") == 0)
                 return DEVICE_STATE_FAILED;
         return DEVICE_STATE_PENDING;
+}
+
+/* Whether the properties agree: by their digests when both are summaries. */
+static bool properties_agree(const json_t *desired, const json_t *reported)
+{
+        const char *a = json_string_value(json_object_get(desired, DIGEST_KEY));
+        const char *b = json_string_value(json_object_get(reported, DIGEST_KEY));
+
+        if (a && b)
+                return strcmp(a, b) == 0;
+        return twin_properties_equal(desired, reported);
 }
 
 enum DeviceState device_state(const json_t *desired, const json_t *reported)
@@ -149,7 +305,7 @@ enum DeviceState device_state(const json_t *desired, const json_t *reported)
         if (!json_is_integer(dv) || json_integer_value(dv) != version)
                 return DEVICE_STATE_PENDING;
         s = state_from_string(state);
-        if (s == DEVICE_STATE_SUCCESS && !twin_properties_equal(desired, reported))
+        if (s == DEVICE_STATE_SUCCESS && !properties_agree(desired, reported))
                 return DEVICE_STATE_DRIFTED;
         return s;
 }

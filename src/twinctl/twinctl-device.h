@@ -39,7 +39,8 @@ char *device_topic(const char *root, const char *id, enum DeviceKind kind);
 
 /*
  * Records a message on "{root}/{id}/{kind}" in map, an object of devices keyed by id, each an
- * object {"desired": ..., "reported": ..., "connection": ...} where a missing document is null.
+ * entry holding the desired, reported and connection documents (read it with
+ * device_entry_get()) where a missing document is null.
  * An empty payload (a deleted retained message) stores null. A payload that is not a JSON object
  * stores null and returns -EBADMSG. Topics that are not twin topics with a valid device id return
  * -ENOENT. On success (and on -EBADMSG) *ret_id (borrowed from map) and *ret_kind are set.
@@ -47,7 +48,24 @@ char *device_topic(const char *root, const char *id, enum DeviceKind kind);
 int device_map_update(json_t *map, const char *root, const char *topic, const void *payload,
                       size_t len, const char **ret_id, enum DeviceKind *ret_kind);
 
-/* Borrowed document of a device entry (an object from the map), or NULL when absent. */
+/* The same, keeping of each document only what device_state(), device_is_online() and the list
+ * columns read: desired $version and configId, reported configId and $status (state,
+ * desiredVersion, configId), connection state, and for desired and reported a digest of their
+ * properties ("$props") so that drift is still seen; identical summaries are one shared,
+ * read-only value. A fleet's list then holds about 100 bytes per device instead of its whole
+ * documents. */
+int device_map_update_summary(json_t *map, const char *root, const char *topic, const void *payload,
+                              size_t len, const char **ret_id, enum DeviceKind *ret_kind);
+
+/* A new device entry with no documents, for back ends that fill the map themselves; NULL on
+ * ENOMEM. */
+json_t *device_entry_new(void);
+
+/* Stores doc (taken, also on failure and when entry is NULL; NULL for none) as the entry's
+ * document of that kind. 0 or -ENOMEM. */
+int device_entry_set(json_t *entry, enum DeviceKind kind, json_t *doc);
+
+/* Borrowed document of a device entry (from the map), or NULL when absent. */
 json_t *device_entry_get(const json_t *entry, enum DeviceKind kind);
 
 /* The reported "$status" object, or NULL. Borrowed. */

@@ -1019,6 +1019,7 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
                 .pending = args->filter_pending,
                 .failed = args->filter_failed,
                 .offline = args->filter_offline,
+                .summary = true,
         };
         _cleanup_free_ const char **ids = NULL;
         Table *t = NULL;

@@ -22,6 +22,7 @@ typedef struct StandardBackend {
         BrokerSession *session;
         json_t *map;
         const char *id;
+        bool summary; /* keep summaries of the documents (TwinBackendFilter.summary) */
         TwinBackendChangeFunc on_change;
         void *userdata;
 } StandardBackend;
@@ -39,7 +40,9 @@ static void on_message(BrokerSession *s, const char *topic, const void *payload,
         const char *id;
         int r;
 
-        r = device_map_update(sb->map, sb->args->topic_root, topic, payload, len, &id, &kind);
+        /* list needs only a summary of each document: far less memory for a fleet. */
+        r = (sb->summary ? device_map_update_summary : device_map_update)(
+            sb->map, sb->args->topic_root, topic, payload, len, &id, &kind);
         if (r == -ENOENT)
                 return;
         if (r == -ENOMEM) {
@@ -78,6 +81,7 @@ static int standard_open(TwinBackend **ret, const TwinctlArgs *args, const char 
         sb->base.impl = &twinctl_backend_broker;
         b = &sb->base;
         sb->args = args;
+        sb->summary = !id && filter && filter->summary;
         sb->id = id;
         sb->on_change = on_change;
         sb->userdata = userdata;

@@ -637,7 +637,8 @@ static bool aws_name_is_valid(const char *s, size_t max)
 
 int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
 {
-        BrokerUrl url = { 0 };
+        BrokerUrl *urls = NULL;
+        size_t n_urls = 0;
         char reason[256] = "";
         bool standard = strcmp(c->dialect, "standard") == 0;
         bool azure = strcmp(c->dialect, "azure") == 0;
@@ -662,13 +663,13 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
         if (!azure) {
                 if (!is_set(c->broker_url))
                         return key_error(c, TWIND_KEY_BROKER_URL, err, errlen, "missing");
-                r = broker_url_parse(c->broker_url, &url, reason, sizeof reason);
-                broker_url_done(&url);
+                r = broker_url_list_parse(c->broker_url, &urls, &n_urls, reason, sizeof reason);
+                broker_url_list_free(urls, n_urls);
                 if (r == -ENOMEM) {
                         snprintf(err, errlen, "out of memory");
                         return -ENOMEM;
                 }
-                /* broker_url_parse's reason already quotes the URL. */
+                /* broker_url_list_parse's reason already quotes the URL. */
                 if (r < 0)
                         return key_error(c, TWIND_KEY_BROKER_URL, err, errlen, "%s",
                                          reason[0] ? reason : "not a valid broker address");

@@ -126,13 +126,14 @@ static void update_status_text(Manager *m)
         }
         if (!m->connected) {
                 /* The reason (refused credentials, a TLS failure, ...) is what a person needs
-                 * to act on; it never holds a secret. */
+                 * to act on; it never holds a secret. After a failure the address is the node
+                 * of the next attempt (another node of a cluster, or the same one). */
                 if (m->retry_in_ms > 0 && m->last_error)
-                        set_status_text(m, "broker %s unreachable (%s), retrying in %" PRIu64 " s",
-                                        twin_dialect_address(m->dialect), m->last_error,
+                        set_status_text(m, "broker unreachable (%s), trying %s in %" PRIu64 " s",
+                                        m->last_error, twin_dialect_address(m->dialect),
                                         (m->retry_in_ms + 999) / 1000);
                 else if (m->retry_in_ms > 0)
-                        set_status_text(m, "broker %s unreachable, retrying in %" PRIu64 " s",
+                        set_status_text(m, "broker unreachable, trying %s in %" PRIu64 " s",
                                         twin_dialect_address(m->dialect),
                                         (m->retry_in_ms + 999) / 1000);
                 else
@@ -651,14 +652,17 @@ static void on_disconnected(TwinDialect *d, int error, const char *reason, uint6
                 /* Asked for (new credentials): the next connection follows at once. */
                 log_info("Reconnecting to %s: %s", twin_dialect_address(d),
                          reason ? reason : "renewing the connection");
+        /* The reason names the node that failed; the address is the one tried next. */
         else if (was_connected || !m->ever_connected)
-                log_warning("%s %s: %s; retrying in %" PRIu64 " s",
-                            was_connected ? "Lost connection to" : "Cannot connect to",
-                            twin_dialect_address(d), reason ? reason : "unknown reason",
-                            (retry_in_ms + 999) / 1000);
+                log_warning("%s: %s; next attempt on %s in %" PRIu64 ".%" PRIu64 " s",
+                            was_connected ? "Lost the broker connection"
+                                          : "Cannot connect to the broker",
+                            reason ? reason : "unknown reason", twin_dialect_address(d),
+                            retry_in_ms / 1000, retry_in_ms % 1000 / 100);
         else
-                log_debug("Still cannot connect to %s: %s; retrying in %" PRIu64 " ms",
-                          twin_dialect_address(d), reason ? reason : "unknown reason", retry_in_ms);
+                log_debug("Still cannot connect to the broker: %s; next attempt on %s in %" PRIu64
+                          " ms",
+                          reason ? reason : "unknown reason", twin_dialect_address(d), retry_in_ms);
         update_status_text(m);
         if (was_connected)
                 emit_event(m, CONTROL_EVENT_DISCONNECTED, json_pack("{s:s?}", "reason", reason));

@@ -65,7 +65,7 @@ void process_stop(pid_t pid, int timeout_ms)
         waitpid(pid, NULL, 0);
 }
 
-int broker_start(Broker *b, const char *mosquitto, const char *dir)
+int broker_start(Broker *b, const char *mosquitto, const char *dir, long max_queued)
 {
         char conf[4096], path[4096], log[4096];
         uint64_t deadline;
@@ -82,10 +82,10 @@ int broker_start(Broker *b, const char *mosquitto, const char *dir)
                  "allow_anonymous true\n"
                  "set_tcp_nodelay true\n"
                  "persistence false\n"
-                 "max_queued_messages 100000\n"
+                 "max_queued_messages %ld\n"
                  "log_type error\n"
                  "log_type warning\n",
-                 port);
+                 port, max_queued);
         snprintf(path, sizeof(path), "%s/mosquitto.conf", dir);
         r = write_file(path, conf, 0644);
         if (r < 0)

@@ -11,8 +11,9 @@ typedef struct Broker {
 } Broker;
 
 /* Starts `mosquitto` (path or name on PATH) with a config written into dir, and waits until it
- * accepts connections. 0 or negative errno. */
-int broker_start(Broker *b, const char *mosquitto, const char *dir);
+ * accepts connections. max_queued is its max_queued_messages (0: no limit). 0 or negative
+ * errno. */
+int broker_start(Broker *b, const char *mosquitto, const char *dir, long max_queued);
 
 /* Stops the broker (SIGTERM, then SIGKILL after 5 s) and reaps it. */
 void broker_stop(Broker *b);

@@ -8,6 +8,7 @@
 #include "bench-broker.h"
 #include "bench-client.h"
 #include "bench-echo.h"
+#include "bench-fleetsim.h"
 #include "bench-util.h"
 
 #include <errno.h>
@@ -20,7 +21,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 enum {
@@ -30,6 +34,7 @@ enum {
         SECTION_FLEET = 1 << 3,
         SECTION_FOOTPRINT = 1 << 4,
         SECTION_ALL = (1 << 5) - 1,
+        SECTION_SCALE = 1 << 5, /* only on request: --only scale */
 };
 
 static const struct {
@@ -37,7 +42,7 @@ static const struct {
         unsigned bit;
 } section_names[] = {
         { "floor", SECTION_FLOOR }, { "twind", SECTION_TWIND },         { "burst", SECTION_BURST },
-        { "fleet", SECTION_FLEET }, { "footprint", SECTION_FOOTPRINT },
+        { "fleet", SECTION_FLEET }, { "footprint", SECTION_FOOTPRINT }, { "scale", SECTION_SCALE },
 };
 
 typedef struct Options {
@@ -45,8 +50,9 @@ typedef struct Options {
         const char *mosquitto;
         const char *tmpdir;
         const char *fleet_apply;
+        const char *twinctl;
         unsigned sections;
-        size_t updates, warmup, burst, devices, ready_runs;
+        size_t updates, warmup, burst, devices, ready_runs, twins, scale_agents;
         int idle_settle_s, idle_window_s;
         bool markdown, keep;
 } Options;
@@ -604,6 +610,297 @@ out:
         return r;
 }
 
+/* twin-bench --measure-child RESULT OUT ERR CMD [ARG...]: runs CMD with stdout to OUT and
+ * stderr to ERR, and writes "NANOSECONDS MAXRSS_KIB STATUS" to RESULT. A fresh twin-bench forks
+ * CMD, because ru_maxrss counts what a forked child had before its exec: a child forked from the
+ * benchmark itself (tens of MiB by then) would report at least that. */
+static int measure_child(int argc, char *argv[])
+{
+        struct rusage ru;
+        uint64_t t0;
+        int status;
+        FILE *f;
+        pid_t pid;
+
+        if (argc < 6)
+                return 2;
+        t0 = now_ns();
+        pid = fork();
+        if (pid < 0)
+                return 1;
+        if (pid == 0) {
+                int o = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0644);
+                int e = open(argv[4], O_WRONLY | O_CREAT | O_APPEND, 0644);
+
+                if (o >= 0)
+                        dup2(o, STDOUT_FILENO);
+                if (e >= 0)
+                        dup2(e, STDERR_FILENO);
+                execv(argv[5], argv + 5);
+                _exit(127);
+        }
+        if (wait4(pid, &status, 0, &ru) != pid)
+                return 1;
+        f = fopen(argv[2], "w");
+        if (!f)
+                return 1;
+        fprintf(f, "%" PRIu64 " %ld %d\n", now_ns() - t0, ru.ru_maxrss,
+                WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        return fclose(f) == 0 ? 0 : 1;
+}
+
+/* Runs argv with stdout to out (NULL: /dev/null), stderr to err, through --measure-child; its
+ * wall time and peak RSS. 0 or negative errno; *ret_status is the exit status (or 128 +
+ * signal). */
+static int run_measured(const Bench *b, char *const argv[], const char *out, const char *err,
+                        uint64_t *ret_ns, long *ret_maxrss_kib, int *ret_status)
+{
+        char result[300], *args[24];
+        size_t n = 0;
+        int status;
+        FILE *f;
+        pid_t pid;
+
+        snprintf(result, sizeof(result), "%s/measure.result", b->dir);
+        args[n++] = "/proc/self/exe";
+        args[n++] = "--measure-child";
+        args[n++] = result;
+        args[n++] = (char *)(out ? out : "/dev/null");
+        args[n++] = (char *)err;
+        for (size_t i = 0; argv[i] && n < 23; i++)
+                args[n++] = argv[i];
+        args[n] = NULL;
+        pid = fork();
+        if (pid < 0)
+                return -errno;
+        if (pid == 0) {
+                execv(args[0], args);
+                _exit(127);
+        }
+        if (waitpid(pid, &status, 0) != pid)
+                return -errno;
+        if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                return -EIO;
+        f = fopen(result, "r");
+        if (!f)
+                return -errno;
+        if (fscanf(f, "%" SCNu64 " %ld %d", ret_ns, ret_maxrss_kib, ret_status) != 3) {
+                fclose(f);
+                return -EIO;
+        }
+        fclose(f);
+        return 0;
+}
+
+/* One twinctl command against the scale broker: a row with its time and peak RSS. */
+static int scale_twinctl(Bench *b, const Broker *broker, const char *label, const char *target,
+                         double max_s, long max_kib, const char *const args[])
+{
+        char url[64], out[300], err[300], m[96], *argv[16];
+        size_t n = 0;
+        uint64_t ns = 0;
+        long kib = 0;
+        int status = -1, r;
+
+        snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", broker->port);
+        snprintf(out, sizeof(out), "%s/scale/twinctl.out", b->dir);
+        snprintf(err, sizeof(err), "%s/scale/twinctl.err", b->dir);
+        argv[n++] = (char *)b->o.twinctl;
+        argv[n++] = "--broker";
+        argv[n++] = url;
+        argv[n++] = "--timeout";
+        argv[n++] = "120";
+        for (size_t i = 0; args[i] && n < 15; i++)
+                argv[n++] = (char *)args[i];
+        argv[n] = NULL;
+        r = run_measured(b, argv, out, err, &ns, &kib, &status);
+        if (r < 0 || status != 0) {
+                fprintf(stderr, "scale: twinctl %s failed (status %d), see %s\n", label, status,
+                        err);
+                return r < 0 ? r : -EIO;
+        }
+        snprintf(m, sizeof(m), "twinctl %s: time / peak RSS (%ld lines)", label, count_lines(out));
+        row_add(b, "scale", m, target,
+                target ? verdict((double)ns / 1e9 <= max_s && kib <= max_kib) : NULL,
+                "%.2f s / %.1f MiB", (double)ns / 1e9, (double)kib / 1024);
+        return 0;
+}
+
+/* N twins on one mosquitto: N - M simulated (their retained documents published straight to the
+ * broker) and M real agents; twinctl on all of them; the M agents converge on a fleet-wide
+ * change. Its own broker with max_queued_messages 0: a list of the fleet is one subscription
+ * handed 3 N retained messages at once (docs/brokers.md). */
+static int section_scale(Bench *b)
+{
+        size_t m = b->o.scale_agents, n = b->o.twins, sim = n - m;
+        Broker broker = { 0 };
+        BenchClient *client = NULL;
+        Tracker *t = tracker_new("scale", m);
+        Agent *agents = calloc(m, sizeof(*agents));
+        uint64_t *samples = calloc(m, sizeof(*samples));
+        MemInfo before, after;
+        char dir[300], label[96], id[64], one[64];
+        uint64_t t0, last = 0;
+        Percentiles p;
+        int r;
+
+        snprintf(dir, sizeof(dir), "%s/scale", b->dir);
+        if (!t || !agents || !samples) {
+                r = -ENOMEM;
+                goto out;
+        }
+        r = mkdir(dir, 0755) < 0 ? -errno : 0;
+        if (r == 0)
+                r = broker_start(&broker, b->o.mosquitto, dir, 0);
+        if (r == 0)
+                r = bench_client_new(&client, broker.port);
+        if (r < 0)
+                goto out;
+        (void)proc_mem(broker.pid, &before);
+
+        t0 = now_ns();
+        r = fleet_simulate(broker.port, "sim", 0, sim);
+        if (r < 0)
+                goto out;
+        snprintf(label, sizeof(label), "%zu simulated twins: publish all documents", sim);
+        row_add(b, "scale", label, NULL, NULL, "%.1f s", (double)(now_ns() - t0) / 1e9);
+
+        bench_client_track(client, t);
+        t0 = now_ns();
+        for (size_t i = 0; i < m && r == 0; i++) {
+                snprintf(id, sizeof(id), "scale-%zu", i);
+                r = agent_prepare(&agents[i], b->dir, id, broker.port, NULL);
+                if (r == 0)
+                        r = agent_spawn(&agents[i], b->o.twind, NULL, NULL);
+        }
+        if (r == 0)
+                r = bench_client_wait(client, &t->n_online, m, 30000 + (int)m * 100);
+        if (r < 0) {
+                fprintf(stderr, "scale: %zu of %zu agents online\n", t->n_online, m);
+                goto out;
+        }
+        snprintf(label, sizeof(label), "%zu real agents: start to all online", m);
+        row_add(b, "scale", label, NULL, NULL, "%.1f s", (double)(now_ns() - t0) / 1e9);
+        bench_client_wait(client, NULL, 0, 1000);
+
+        if (proc_mem(broker.pid, &after) == 0) {
+                snprintf(label, sizeof(label), "broker RSS with %zu twins (per twin)", n);
+                row_add(b, "scale", label, NULL, NULL, "%.0f MiB (%.2f KiB)",
+                        (double)after.rss_kib / 1024,
+                        (double)(after.rss_kib - before.rss_kib) / (double)n);
+        }
+
+        r = scale_twinctl(b, &broker, "list", n >= 100000 ? "<= 2 s, <= 200 MiB" : NULL, 2.0,
+                          200 * 1024, (const char *const[]){ "list", NULL });
+        if (r == 0)
+                r = scale_twinctl(b, &broker, "list --pending", NULL, 0, 0,
+                                  (const char *const[]){ "list", "--pending", NULL });
+        if (r == 0)
+                r = scale_twinctl(b, &broker, "--json list", NULL, 0, 0,
+                                  (const char *const[]){ "--json", "list", NULL });
+        snprintf(one, sizeof(one), "sim-%zu", sim / 2);
+        if (r == 0)
+                r = scale_twinctl(b, &broker, "get (one twin)", NULL, 0, 0,
+                                  (const char *const[]){ "get", one, NULL });
+        if (r == 0)
+                r = scale_twinctl(
+                    b, &broker, "set --wait (one real agent)", NULL, 0, 0,
+                    (const char *const[]){ "set", "scale-0", "mode=one", "--wait", NULL });
+        if (r < 0)
+                goto out;
+
+        /* The fleet-wide change: one desired document to each real agent, back to back. */
+        bench_client_wait(client, NULL, 0, 500);
+        tracker_set_target(t, 2);
+        t0 = now_ns();
+        for (size_t i = 0; i < m && r == 0; i++)
+                r = bench_client_publish_desired(client, agents[i].id, 2);
+        if (r == 0)
+                r = bench_client_wait(client, &t->n_at_target, m, 120000);
+        if (r < 0) {
+                fprintf(stderr, "scale: %zu of %zu converged\n", t->n_at_target, m);
+                goto out;
+        }
+        for (size_t i = 0; i < m; i++) {
+                samples[i] = t->success_ns[i] - t0;
+                if (samples[i] > last)
+                        last = samples[i];
+        }
+        percentiles_compute(samples, m, &p);
+        snprintf(label, sizeof(label), "%zu real agents among %zu twins: fleet-wide change", m, n);
+        row_add(b, "scale", label, m >= 1000 ? "<= 2 s" : NULL,
+                m >= 1000 ? verdict(last <= 2000000000u) : NULL, "%.0f ms", (double)last / 1e6);
+        row_percentiles(b, "scale", "per-agent convergence", &p);
+
+        /* The same change made by twinctl: one set per agent, 4 commands at a time. */
+        {
+                char url[64], err[400], key[64];
+                pid_t running[4] = { 0 };
+                size_t next = 0, done = 0;
+
+                snprintf(url, sizeof(url), "mqtt://127.0.0.1:%d", broker.port);
+                snprintf(err, sizeof(err), "%s/twinctl-set.err", dir);
+                tracker_set_target(t, 3); /* each set bumps the agent's $version 2 to 3 */
+                t0 = now_ns();
+                while (done < m) {
+                        for (int k = 0; k < 4; k++) {
+                                int st;
+
+                                if (running[k] > 0 && waitpid(running[k], &st, WNOHANG) > 0) {
+                                        running[k] = 0;
+                                        done++;
+                                }
+                                if (running[k] == 0 && next < m) {
+                                        pid_t pid = fork();
+
+                                        if (pid == 0) {
+                                                int e =
+                                                    open(err, O_WRONLY | O_CREAT | O_APPEND, 0644);
+                                                int o = open("/dev/null", O_WRONLY);
+
+                                                dup2(o, STDOUT_FILENO);
+                                                dup2(e, STDERR_FILENO);
+                                                snprintf(key, sizeof(key), "mode=all%zu", next);
+                                                execl(b->o.twinctl, b->o.twinctl, "--broker", url,
+                                                      "set", agents[next].id, key, (char *)NULL);
+                                                _exit(127);
+                                        }
+                                        running[k] = pid;
+                                        next++;
+                                }
+                        }
+                        bench_client_wait(client, NULL, 0, 1);
+                }
+                r = bench_client_wait(client, &t->n_at_target, m, 120000);
+                if (r < 0) {
+                        fprintf(stderr, "scale: %zu of %zu applied the twinctl sets\n",
+                                t->n_at_target, m);
+                        goto out;
+                }
+                snprintf(label, sizeof(label),
+                         "twinctl set to %zu devices, 4 at a time: until all applied", m);
+                row_add(b, "scale", label, NULL, NULL, "%.1f s (%.1f ms per set)",
+                        (double)(now_ns() - t0) / 1e9, (double)(now_ns() - t0) / 1e6 / (double)m);
+        }
+out:
+        if (client)
+                bench_client_track(client, NULL);
+        if (agents) {
+                for (size_t i = 0; i < m; i++)
+                        agent_kill(&agents[i]);
+                for (size_t i = 0; i < m; i++)
+                        if (agents[i].pid > 0)
+                                agent_reap(&agents[i], 10000);
+        }
+        bench_client_free(client);
+        if (broker.pid > 0)
+                broker_stop(&broker);
+        free(agents);
+        free(samples);
+        tracker_free(t);
+        return r;
+}
+
 static void print_table(const Bench *b)
 {
         if (b->o.markdown) {
@@ -634,11 +931,15 @@ static void help(void)
             "      --twind PATH        the agent (default $TWIND or ./build/src/twind/twind)\n"
             "      --mosquitto PATH    the broker (default mosquitto on PATH or /usr/sbin)\n"
             "      --only LIST         sections, comma separated: "
-            "floor,twind,burst,fleet,footprint\n"
+            "floor,twind,burst,fleet,footprint (default), scale\n"
             "      --updates N         sequential updates per latency series (default 1000)\n"
             "      --burst N           updates in the burst (default 1000)\n"
             "      --devices N         agents in the fleet (default 100)\n"
             "      --fleet-apply CMD   apply command of the fleet's agents (default none)\n"
+            "      --twins N           twins in the scale section (default 100000)\n"
+            "      --scale-agents N    real agents among them (default 1000)\n"
+            "      --twinctl PATH      twinctl for the scale section (default $TWINCTL or\n"
+            "                          ./build/src/twinctl/twinctl)\n"
             "      --quick             small counts and short idle windows (a smoke run)\n"
             "      --markdown          print the table for docs/performance.md\n"
             "      --tmpdir DIR        where the run's directory goes (default $TMPDIR or /tmp)\n"
@@ -699,7 +1000,10 @@ static int parse_argv(int argc, char *argv[], Options *o)
                 ARG_QUICK,
                 ARG_MARKDOWN,
                 ARG_TMPDIR,
-                ARG_KEEP
+                ARG_KEEP,
+                ARG_TWINS,
+                ARG_SCALE_AGENTS,
+                ARG_TWINCTL,
         };
         static const struct option opts[] = {
                 { "twind", required_argument, NULL, ARG_TWIND },
@@ -713,6 +1017,9 @@ static int parse_argv(int argc, char *argv[], Options *o)
                 { "markdown", no_argument, NULL, ARG_MARKDOWN },
                 { "tmpdir", required_argument, NULL, ARG_TMPDIR },
                 { "keep", no_argument, NULL, ARG_KEEP },
+                { "twins", required_argument, NULL, ARG_TWINS },
+                { "scale-agents", required_argument, NULL, ARG_SCALE_AGENTS },
+                { "twinctl", required_argument, NULL, ARG_TWINCTL },
                 { "help", no_argument, NULL, 'h' },
                 { NULL, 0, NULL, 0 },
         };
@@ -730,6 +1037,9 @@ static int parse_argv(int argc, char *argv[], Options *o)
                 .burst = 1000,
                 .devices = 100,
                 .ready_runs = 5,
+                .twins = 100000,
+                .scale_agents = 1000,
+                .twinctl = getenv("TWINCTL") ? getenv("TWINCTL") : "./build/src/twinctl/twinctl",
                 .idle_settle_s = 10,
                 .idle_window_s = 30,
         };
@@ -772,6 +1082,17 @@ static int parse_argv(int argc, char *argv[], Options *o)
                 case ARG_TMPDIR:
                         o->tmpdir = optarg;
                         break;
+                case ARG_TWINS:
+                        if (parse_count(optarg, 1, &o->twins) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_SCALE_AGENTS:
+                        if (parse_count(optarg, 1, &o->scale_agents) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_TWINCTL:
+                        o->twinctl = optarg;
+                        break;
                 case ARG_KEEP:
                         o->keep = true;
                         break;
@@ -798,6 +1119,16 @@ static int parse_argv(int argc, char *argv[], Options *o)
                 o->idle_settle_s = 1;
                 o->idle_window_s = 3;
         }
+        if (o->scale_agents > o->twins) {
+                fprintf(stderr, "--scale-agents %zu exceeds --twins %zu\n", o->scale_agents,
+                        o->twins);
+                return -EINVAL;
+        }
+        if ((o->sections & SECTION_SCALE) && access(o->twinctl, X_OK) < 0) {
+                fprintf(stderr, "twinctl not found at %s (use --twinctl PATH or TWINCTL=)\n",
+                        o->twinctl);
+                return -ENOENT;
+        }
         if (access(o->twind, X_OK) < 0 && (o->sections & ~SECTION_FLOOR)) {
                 fprintf(stderr, "twind not found at %s (use --twind PATH or TWIND=)\n", o->twind);
                 return -ENOENT;
@@ -816,10 +1147,13 @@ int main(int argc, char *argv[])
                 { SECTION_BURST, section_burst, "burst" },
                 { SECTION_FLEET, section_fleet, "fleet" },
                 { SECTION_FOOTPRINT, section_footprint, "footprint" },
+                { SECTION_SCALE, section_scale, "scale" },
         };
         Bench *b;
         int r, failed = 0;
 
+        if (argc > 1 && strcmp(argv[1], "--measure-child") == 0)
+                return measure_child(argc, argv);
         b = calloc(1, sizeof(*b));
         if (!b)
                 return EXIT_FAILURE;
@@ -837,7 +1171,7 @@ int main(int argc, char *argv[])
                 return EXIT_FAILURE;
         }
         mosquitto_lib_init();
-        r = broker_start(&b->broker, b->o.mosquitto, b->dir);
+        r = broker_start(&b->broker, b->o.mosquitto, b->dir, 100000);
         if (r < 0) {
                 fprintf(stderr, "Failed to start mosquitto: %s\n", strerror(-r));
                 goto out;

@@ -389,6 +389,9 @@ class Service:
             client_id=f"svc-{os.getpid()}-{id(self)}", clean_session=True, protocol=mqtt.MQTTv311
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=1)
+        # Brokers that need a login (tests/brokers) carry their user on the broker object.
+        if getattr(broker, "username", None):
+            self.client.username_pw_set(broker.username, broker.password)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
