@@ -97,7 +97,8 @@ int twinctl_conf_load(TwinctlArgs *args, const char *path, bool required)
         _cleanup_(conf_parse_done) ConfParse p = { .args = args, .path = path };
         const char *env, *source = "the default";
         char file_source[600], reason[256] = "";
-        BrokerUrl url = { 0 };
+        BrokerUrl *urls = NULL;
+        size_t n_urls = 0;
         FILE *f;
         int r;
 
@@ -139,8 +140,9 @@ int twinctl_conf_load(TwinctlArgs *args, const char *path, bool required)
 
         if (!args->broker_url && set_string(&args->broker_url, TWINCTL_BROKER_DEFAULT) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory");
-        r = broker_url_parse(args->broker_url, &url, reason, sizeof reason);
-        broker_url_done(&url);
+        /* One URL, or the nodes of one clustered broker. */
+        r = broker_url_list_parse(args->broker_url, &urls, &n_urls, reason, sizeof reason);
+        broker_url_list_free(urls, n_urls);
         if (r == -ENOMEM)
                 return log_error_errno(r, "Out of memory");
         if (r < 0) {
