@@ -21,9 +21,10 @@ BUILD=${2:-}
 ROOT_CACHE=${TWIND_TEST_ROOT_CACHE:-/var/cache/twind-test-root}
 HERE=$(dirname "$(realpath "$0")")
 SUITE=bookworm
-# What the agent, twinctl and the checks need inside; /bin/kill (procps) for ExecReload=,
+# What the agent, twinctl (libcurl4 for its IoT Hub back end) and the checks need inside;
+# /bin/kill (procps) for ExecReload=,
 # jq for reading twinctl's JSON in checks.sh.
-PACKAGES=systemd,systemd-sysv,dbus,procps,jq,mosquitto,libuv1,libmosquitto1,libjansson4,libinih1,libsystemd0,libssl3
+PACKAGES=systemd,systemd-sysv,dbus,procps,jq,mosquitto,libuv1,libmosquitto1,libjansson4,libinih1,libsystemd0,libssl3,libcurl4
 
 skip() {
         echo "SKIP: $*"
