@@ -90,6 +90,20 @@ static void test_defaults(void)
         CHECK(c->password_file == NULL);
 }
 
+static void test_report_group(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *a = NULL, *b = NULL;
+        char err[512] = "";
+
+        CHECK_INT_EQ(load_text("[control]\nreport_group = root\n", &a, err, sizeof err), 0);
+        CHECK_STR_EQ(a->control_report_group.name, "root");
+        CHECK_INT_EQ(a->control_report_group.gid, 0);
+        CHECK_INT_EQ(load_text("[control]\nreport_group = 4242\n", &b, err, sizeof err), 0);
+        CHECK_INT_EQ(b->control_report_group.gid, 4242);
+        CHECK_REFUSED("[control]\nreport_group = no-such-group-here\n",
+                      "2: [control] report_group: group 'no-such-group-here' does not exist");
+}
+
 static void test_valid_file(void)
 {
         _cleanup_(twind_config_freep) TwindConfig *c = NULL;
@@ -613,6 +627,7 @@ int main(void)
         }
 
         test_defaults();
+        test_report_group();
         test_valid_file();
         test_timeouts();
         test_errors();

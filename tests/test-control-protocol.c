@@ -11,6 +11,7 @@ static char err[256];
 
 static int parse_len(const char *line, size_t len)
 {
+        control_request_done(&req);
         error_name = "unset";
         err[0] = '\0';
         int r = control_request_parse(line, len, &req, &error_name, err, sizeof(err));
@@ -43,10 +44,12 @@ static void test_methods(void)
         CHECK_INT_EQ(control_method_from_string(""), _CONTROL_METHOD_INVALID);
         CHECK_INT_EQ(control_method_from_string(NULL), _CONTROL_METHOD_INVALID);
 
-        CHECK(control_method_is_privileged(CONTROL_METHOD_REAPPLY));
-        CHECK(!control_method_is_privileged(CONTROL_METHOD_STATUS));
-        CHECK(!control_method_is_privileged(CONTROL_METHOD_TWIN));
-        CHECK(!control_method_is_privileged(CONTROL_METHOD_EVENTS));
+        CHECK_INT_EQ(control_method_access(CONTROL_METHOD_REAPPLY), CONTROL_ACCESS_ADMIN);
+        CHECK_INT_EQ(control_method_access(CONTROL_METHOD_REPORT), CONTROL_ACCESS_REPORT);
+        CHECK_INT_EQ(control_method_access(CONTROL_METHOD_STATUS), CONTROL_ACCESS_READ);
+        CHECK_INT_EQ(control_method_access(CONTROL_METHOD_TWIN), CONTROL_ACCESS_READ);
+        CHECK_INT_EQ(control_method_access(CONTROL_METHOD_EVENTS), CONTROL_ACCESS_READ);
+        CHECK_INT_EQ(control_method_access(_CONTROL_METHOD_INVALID), CONTROL_ACCESS_ADMIN);
 }
 
 static void test_valid(void)
@@ -142,16 +145,41 @@ static void test_unknown_and_version(void)
         CHECK_INT_EQ(parse("{\"method\": \"a\\nb\"}"), -EOPNOTSUPP);
         CHECK_STR_EQ(err, "unknown method \"a?b\"");
 
-        CHECK_INT_EQ(parse("{\"method\": \"status\", \"version\": 2, \"id\": 9}"),
+        CHECK_INT_EQ(parse("{\"method\": \"status\", \"version\": 3, \"id\": 9}"),
                      -EPROTONOSUPPORT);
         CHECK_STR_EQ(error_name, CONTROL_ERROR_UNSUPPORTED_VERSION);
-        CHECK_STR_EQ(err, "protocol version 2 is not supported, this agent speaks version 1");
+        CHECK_STR_EQ(err, "protocol version 3 is not supported, this agent speaks versions 1 to 2");
         CHECK_INT_EQ(req.id, 9);
         CHECK_INT_EQ(parse("{\"method\": \"status\", \"version\": 0}"), -EPROTONOSUPPORT);
         CHECK_STR_EQ(error_name, CONTROL_ERROR_UNSUPPORTED_VERSION);
         /* A newer client's new method: the version is what to report. */
-        CHECK_INT_EQ(parse("{\"method\": \"new-thing\", \"version\": 2}"), -EPROTONOSUPPORT);
+        CHECK_INT_EQ(parse("{\"method\": \"new-thing\", \"version\": 3}"), -EPROTONOSUPPORT);
         CHECK_STR_EQ(error_name, CONTROL_ERROR_UNSUPPORTED_VERSION);
+}
+
+static void test_report(void)
+{
+        CHECK_INT_EQ(parse("{\"method\": \"report\", \"version\": 2, \"params\": "
+                           "{\"properties\": {\"fw\": \"1.2\", \"old\": null}}}"),
+                     0);
+        CHECK_INT_EQ(req.method, CONTROL_METHOD_REPORT);
+        CHECK(json_is_object(req.properties));
+        CHECK_STR_EQ(json_string_value(json_object_get(req.properties, "fw")), "1.2");
+        CHECK(json_is_null(json_object_get(req.properties, "old")));
+        /* Version 1 requests still work; params of other methods are ignored. */
+        CHECK_INT_EQ(parse("{\"method\": \"status\", \"version\": 1, \"params\": {}}"), 0);
+        CHECK(req.properties == NULL);
+
+        CHECK_INT_EQ(parse("{\"method\": \"report\"}"), -EINVAL);
+        CHECK_STR_EQ(error_name, CONTROL_ERROR_INVALID_REQUEST);
+        CHECK_STR_EQ(err, "report needs \"params\": {\"properties\": {...}}");
+        CHECK_INT_EQ(parse("{\"method\": \"report\", \"params\": []}"), -EINVAL);
+        CHECK_STR_EQ(err, "\"params\" must be an object");
+        CHECK_INT_EQ(parse("{\"method\": \"report\", \"params\": {\"properties\": [1]}}"), -EINVAL);
+        CHECK_INT_EQ(parse("{\"method\": \"report\", \"params\": {\"properties\": {}}}"), -EINVAL);
+        CHECK_STR_EQ(err, "report names no properties");
+        CHECK(req.properties == NULL);
+        control_request_done(&req);
 }
 
 static void test_line_length(void)
@@ -184,6 +212,8 @@ int main(void)
         test_parse_error();
         test_invalid_request();
         test_unknown_and_version();
+        test_report();
         test_line_length();
+        control_request_done(&req);
         return test_exit("test-control-protocol");
 }

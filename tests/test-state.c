@@ -115,6 +115,7 @@ static TwinState *sample_state(void)
             strdup("sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08");
         s->dialects =
             json_pack("{s:{s:s, s:I}}", "aws", "thing", "dev-1", "desiredVersion", (json_int_t)7);
+        s->device = json_pack("{s:s, s:{s:i}}", "firmware", "1.4.2", "battery", "percent", 81);
         return s;
 }
 
@@ -125,7 +126,9 @@ static int states_equal(const TwinState *a, const TwinState *b)
                (a->status ? b->status && json_equal(a->status, b->status) : !b->status) &&
                (a->answered_digest
                     ? b->answered_digest && strcmp(a->answered_digest, b->answered_digest) == 0
-                    : !b->answered_digest);
+                    : !b->answered_digest) &&
+               (a->device ? b->device && json_equal(a->device, b->device) : !b->device) &&
+               (a->dialects ? b->dialects && json_equal(a->dialects, b->dialects) : !b->dialects);
 }
 
 static int state_is_empty(const TwinState *s)
@@ -261,6 +264,10 @@ static void test_decode_refusals(void)
                              "status: state is not pending, success or failed");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"dialects\": []}",
                              "dialects: not an object");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"device\": 1}",
+                             "device: not an object");
+        CHECK_DECODE_REFUSED(
+            "{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"device\": {\"$x\": 1}}", "device: ");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"answered\": 1}",
                              "answered: not a digest");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL

@@ -15,10 +15,9 @@
 #define QUOTE_MAX 64
 
 static const char *const method_table[_CONTROL_METHOD_MAX] = {
-        [CONTROL_METHOD_STATUS] = "status",
-        [CONTROL_METHOD_TWIN] = "twin",
-        [CONTROL_METHOD_REAPPLY] = "reapply",
-        [CONTROL_METHOD_EVENTS] = "events",
+        [CONTROL_METHOD_STATUS] = "status",   [CONTROL_METHOD_TWIN] = "twin",
+        [CONTROL_METHOD_REAPPLY] = "reapply", [CONTROL_METHOD_EVENTS] = "events",
+        [CONTROL_METHOD_REPORT] = "report",
 };
 
 const char *control_method_to_string(enum ControlMethod m)
@@ -38,21 +37,31 @@ enum ControlMethod control_method_from_string(const char *s)
         return _CONTROL_METHOD_INVALID;
 }
 
-bool control_method_is_privileged(enum ControlMethod m)
+enum ControlAccess control_method_access(enum ControlMethod m)
 {
         switch (m) {
-        case CONTROL_METHOD_REAPPLY:
-                return true;
         case CONTROL_METHOD_STATUS:
         case CONTROL_METHOD_TWIN:
         case CONTROL_METHOD_EVENTS:
-                return false;
+                return CONTROL_ACCESS_READ;
+        case CONTROL_METHOD_REPORT:
+                return CONTROL_ACCESS_REPORT;
+        case CONTROL_METHOD_REAPPLY:
+                return CONTROL_ACCESS_ADMIN;
         case _CONTROL_METHOD_MAX:
         case _CONTROL_METHOD_INVALID:
                 break;
         }
         /* Unknown methods never run; if one did, it would not be by anyone's right. */
-        return true;
+        return CONTROL_ACCESS_ADMIN;
+}
+
+void control_request_done(ControlRequest *req)
+{
+        if (!req)
+                return;
+        json_decref(req->properties);
+        req->properties = NULL;
 }
 
 static int request_err(int r, const char *name, const char **ret_error_name, char *err,
@@ -82,7 +91,7 @@ int control_request_parse(const char *line, size_t len, ControlRequest *ret,
 {
         _cleanup_json_ json_t *req = NULL;
         json_error_t jerr;
-        const json_t *id, *version, *method;
+        const json_t *id, *version, *method, *params, *props;
         enum ControlMethod m;
 
         *ret = (ControlRequest){ .method = _CONTROL_METHOD_INVALID, .id = -1, .has_id = false };
@@ -126,12 +135,14 @@ int control_request_parse(const char *line, size_t len, ControlRequest *ret,
                 if (!json_is_integer(version))
                         return request_err(-EINVAL, CONTROL_ERROR_INVALID_REQUEST, ret_error_name,
                                            err, errlen, "\"version\" must be an integer");
-                if (json_integer_value(version) != CONTROL_PROTOCOL_VERSION)
+                if (json_integer_value(version) < CONTROL_PROTOCOL_VERSION_MIN ||
+                    json_integer_value(version) > CONTROL_PROTOCOL_VERSION)
                         return request_err(-EPROTONOSUPPORT, CONTROL_ERROR_UNSUPPORTED_VERSION,
                                            ret_error_name, err, errlen,
                                            "protocol version %" JSON_INTEGER_FORMAT
-                                           " is not supported, this agent speaks version %d",
-                                           json_integer_value(version), CONTROL_PROTOCOL_VERSION);
+                                           " is not supported, this agent speaks versions %d to %d",
+                                           json_integer_value(version),
+                                           CONTROL_PROTOCOL_VERSION_MIN, CONTROL_PROTOCOL_VERSION);
         }
 
         method = json_object_get(req, "method");
@@ -146,6 +157,27 @@ int control_request_parse(const char *line, size_t len, ControlRequest *ret,
                 return request_err(-EOPNOTSUPP, CONTROL_ERROR_UNKNOWN_METHOD, ret_error_name, err,
                                    errlen, "unknown method \"%.*s\"", QUOTE_MAX,
                                    json_string_value(method));
+
+        params = json_object_get(req, "params");
+        if (params && !json_is_object(params))
+                return request_err(-EINVAL, CONTROL_ERROR_INVALID_REQUEST, ret_error_name, err,
+                                   errlen, "\"params\" must be an object");
+        if (m == CONTROL_METHOD_REPORT) {
+                props = json_object_get(params, "properties");
+                if (!json_is_object(props))
+                        return request_err(-EINVAL, CONTROL_ERROR_INVALID_REQUEST, ret_error_name,
+                                           err, errlen,
+                                           "report needs \"params\": {\"properties\": {...}}");
+                if (json_object_size(props) == 0)
+                        return request_err(-EINVAL, CONTROL_ERROR_INVALID_REQUEST, ret_error_name,
+                                           err, errlen, "report names no properties");
+                if (json_object_size(props) > CONTROL_REPORT_KEYS_MAX)
+                        return request_err(-EINVAL, CONTROL_ERROR_INVALID_REQUEST, ret_error_name,
+                                           err, errlen,
+                                           "report names %zu properties, at most %d in one",
+                                           json_object_size(props), CONTROL_REPORT_KEYS_MAX);
+                ret->properties = json_incref((json_t *)props);
+        }
 
         ret->method = m;
         return 0;

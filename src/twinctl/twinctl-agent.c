@@ -17,6 +17,7 @@
 #include "macro.h"
 #include "twin-model.h"
 #include "twinctl-output.h"
+#include "twinctl-patch.h"
 #include "twinctl.h"
 
 /* The agent bounds a client's unwritten output at CONTROL_OUTPUT_MAX, so no reply line is
@@ -73,10 +74,16 @@ static int agent_connect(AgentConnection *c, const char *path)
         return 0;
 }
 
-static int agent_send(AgentConnection *c, const char *method, int64_t id)
+/* Sends a request with params (NULL: none), naming the oldest protocol version that has the
+ * method, so that an older agent still answers what it knows. */
+static int agent_send(AgentConnection *c, const char *method, const json_t *params, int64_t id)
 {
-        _cleanup_json_ json_t *req = json_pack("{s:s,s:I,s:i}", "method", method, "id",
-                                               (json_int_t)id, "version", CONTROL_PROTOCOL_VERSION);
+        int version = control_method_from_string(method) == CONTROL_METHOD_REPORT
+                          ? 2
+                          : CONTROL_PROTOCOL_VERSION_MIN;
+        _cleanup_json_ json_t *req =
+            json_pack("{s:s,s:I,s:i,s:O*}", "method", method, "id", (json_int_t)id, "version",
+                      version, "params", params);
         _cleanup_free_ char *line = NULL;
         size_t len, off = 0;
 
@@ -176,6 +183,7 @@ static int agent_error_to_exit(const char *name)
                 return TWINCTL_EXIT_NOT_FOUND;
         if (strcmp(name, CONTROL_ERROR_BUSY) == 0)
                 return TWINCTL_EXIT_UNREACHABLE;
+        /* Refused and SaveFailed: nothing changed, said why. */
         return TWINCTL_EXIT_FAILURE;
 }
 
@@ -202,11 +210,12 @@ static int agent_read_error_to_exit(AgentConnection *c, int r)
  * Calls method and waits for its response; events are skipped. Returns 0 with the "result" in
  * *ret, or an exit code after saying what went wrong (the agent's own message for its errors).
  */
-static int agent_call(AgentConnection *c, const char *method, uint64_t deadline_ms, json_t **ret)
+static int agent_call(AgentConnection *c, const char *method, const json_t *params,
+                      uint64_t deadline_ms, json_t **ret)
 {
         int r;
 
-        r = agent_send(c, method, 1);
+        r = agent_send(c, method, params, 1);
         if (r < 0) {
                 log_error_errno(r, "Failed to send to the agent at %s", c->path);
                 return TWINCTL_EXIT_UNREACHABLE;
@@ -373,6 +382,8 @@ static int print_status(const json_t *o)
         ADD("Doing", str_or_dash(json_object_get(o, "statusText")));
         ADD("Config id", str_or_dash(json_object_get(o, "configId")));
         ADD("Applied", output_value(json_object_get(o, "applied"), false));
+        if (json_object_size(json_object_get(o, "deviceProperties")) > 0)
+                ADD("Device reports", output_value(json_object_get(o, "deviceProperties"), false));
         if (json_is_object(st)) {
                 _cleanup_free_ char *error = safe_string(json_object_get(st, "error"));
                 _cleanup_free_ char *at = safe_string(json_object_get(st, "updatedAt"));
@@ -416,7 +427,8 @@ static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, con
         r = agent_connect(&c, args->socket_path);
         if (r != 0)
                 return r;
-        r = agent_call(&c, method, twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+        r = agent_call(&c, method, NULL, twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS),
+                       &result);
         if (r != 0)
                 return r;
         if (args->json)
@@ -437,6 +449,43 @@ static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, con
 int verb_status(int argc, char **argv, const TwinctlArgs *args)
 {
         return agent_simple_verb(argc, argv, args, control_method_to_string(CONTROL_METHOD_STATUS));
+}
+
+int verb_report(int argc, char **argv, const TwinctlArgs *args)
+{
+        _cleanup_(agent_connection_done) AgentConnection c = { .fd = -1 };
+        _cleanup_json_ json_t *patches = NULL, *props = NULL, *params = NULL, *result = NULL;
+        bool has_config_id;
+        int r;
+
+        if (argc < 2 && !args->set_file) {
+                log_error("report needs KEY=VALUE pairs or --file FILE");
+                return TWINCTL_EXIT_USAGE;
+        }
+        r = twinctl_parse_pairs(args->set_file, argc - 1, argv + 1, &patches, &has_config_id);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        if (r < 0)
+                return TWINCTL_EXIT_USAGE;
+        props = twinctl_patches_compose(patches);
+        params = props ? json_pack("{s:O}", "properties", props) : NULL;
+        if (!params)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        if (json_object_size(props) == 0) {
+                log_error("%s: an empty object, nothing to report", args->set_file);
+                return TWINCTL_EXIT_USAGE;
+        }
+
+        r = agent_connect(&c, args->socket_path);
+        if (r != 0)
+                return r;
+        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_REPORT), params,
+                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+        if (r != 0)
+                return r;
+        if (args->json)
+                return output_json(result) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
+        return TWINCTL_EXIT_SUCCESS;
 }
 
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args)
@@ -492,7 +541,7 @@ int verb_events(int argc, char **argv, const TwinctlArgs *args)
         r = agent_connect(&c, args->socket_path);
         if (r != 0)
                 return r;
-        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_EVENTS),
+        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_EVENTS), NULL,
                        twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
         if (r != 0)
                 return interrupted ? TWINCTL_EXIT_SUCCESS : r;

@@ -131,12 +131,18 @@ static void shadow_seen(AwsBackend *a, Thing *t, const json_t *state, int64_t ve
                 json_t *st = json_object_get(reported, STATUS_PROPERTY);
                 json_t *dv = json_object_get(st, "desiredVersion");
 
-                /* From a GET the change may lie behind reports: when the device answered this
-                 * very desired state (it runs it), its answer names the version. */
+                /* From a GET the change may lie behind reports (a pending status, properties
+                 * the device reports itself): when the device's status answers this very
+                 * desired state (the same configId, or without one the properties it runs),
+                 * that answer names the version. */
                 if (from_get && desired && json_is_integer(dv)) {
-                        _cleanup_json_ json_t *runs = normal_reported(reported, 0);
+                        _cleanup_json_ json_t *all = normal_reported(reported, 0);
+                        _cleanup_json_ json_t *runs =
+                            all ? device_reported_properties(all, false) : NULL;
+                        json_t *id = twin_config_id(desired);
 
-                        if (runs && twin_properties_equal(desired, runs))
+                        if (id ? json_equal(id, json_object_get(st, "configId"))
+                               : runs && twin_properties_equal(desired, runs))
                                 v = json_integer_value(dv);
                 }
                 json_decref(t->desired);

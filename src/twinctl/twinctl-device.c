@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json-util.h"
 #include "twin-model.h"
 
 static const char *const kind_names[_DEVICE_KIND_MAX] = {
@@ -77,7 +78,8 @@ static json_t *with_digest(json_t *o, const json_t *doc)
         if (!o || !props)
                 goto fail;
         json_object_foreach ((json_t *)doc, key, v)
-                if (key[0] != '$' && json_object_set(props, key, v) < 0)
+                if (key[0] != '$' && !device_reported_is_own(doc, key) &&
+                    json_object_set(props, key, v) < 0)
                         goto fail;
         text = json_dumps(props, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
         if (!text)
@@ -262,6 +264,29 @@ json_t *device_reported_status(const json_t *reported)
         return json_is_object(s) ? s : NULL;
 }
 
+bool device_reported_is_own(const json_t *reported, const char *key)
+{
+        json_t *keys = json_object_get(device_reported_status(reported), "deviceProperties"), *k;
+        size_t i;
+
+        json_array_foreach (keys, i, k)
+                if (json_is_string(k) && strcmp(json_string_value(k), key) == 0)
+                        return true;
+        return false;
+}
+
+json_t *device_reported_properties(const json_t *reported, bool own)
+{
+        json_t *o = json_object(), *v;
+        const char *key;
+
+        json_object_foreach ((json_t *)reported, key, v)
+                if (key[0] != '$' && device_reported_is_own(reported, key) == own &&
+                    json_object_set(o, key, v) < 0)
+                        return json_decref(o), NULL;
+        return o;
+}
+
 static enum DeviceState state_from_string(const char *s)
 {
         if (s && strcmp(s, "success") == 0)
@@ -277,9 +302,13 @@ static bool properties_agree(const json_t *desired, const json_t *reported)
         const char *a = json_string_value(json_object_get(desired, DIGEST_KEY));
         const char *b = json_string_value(json_object_get(reported, DIGEST_KEY));
 
+        _cleanup_json_ json_t *runs = NULL;
+
         if (a && b)
                 return strcmp(a, b) == 0;
-        return twin_properties_equal(desired, reported);
+        /* What the device reports itself is not part of the configuration. */
+        runs = device_reported_properties(reported, false);
+        return runs && twin_properties_equal(desired, runs);
 }
 
 enum DeviceState device_state(const json_t *desired, const json_t *reported)
@@ -289,9 +318,11 @@ enum DeviceState device_state(const json_t *desired, const json_t *reported)
         int64_t version;
         enum DeviceState s;
 
-        if (!status)
-                return desired ? DEVICE_STATE_PENDING : DEVICE_STATE_NONE;
         state = json_string_value(json_object_get(status, "state"));
+        /* A $status without a state only lists the device's own properties: nothing was
+         * answered yet. */
+        if (!status || !state)
+                return desired ? DEVICE_STATE_PENDING : DEVICE_STATE_NONE;
         if (!desired)
                 return state_from_string(state);
 

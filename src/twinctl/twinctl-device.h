@@ -71,6 +71,13 @@ json_t *device_entry_get(const json_t *entry, enum DeviceKind kind);
 /* The reported "$status" object, or NULL. Borrowed. */
 json_t *device_reported_status(const json_t *reported);
 
+/* Whether key is one the device reports itself ($status.deviceProperties lists them). */
+bool device_reported_is_own(const json_t *reported, const char *key);
+
+/* The reported properties of the configuration (own == false: without those the device
+ * reports itself) or only the device's own (own == true). New reference; NULL on ENOMEM. */
+json_t *device_reported_properties(const json_t *reported, bool own);
+
 /* What desired and reported say together: the $status answering the desired $version, and
  * whether the properties agree once it says success. */
 enum DeviceState device_state(const json_t *desired, const json_t *reported);

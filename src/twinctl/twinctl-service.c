@@ -14,6 +14,7 @@
 #include "twinctl-backend.h"
 #include "twinctl-device.h"
 #include "twinctl-output.h"
+#include "twinctl-patch.h"
 #include "strv.h"
 #include "twinctl.h"
 #include "utf8.h"
@@ -334,12 +335,47 @@ static void print_version_line(const char *label, const json_t *doc)
                 printf("%s($version is not a non-negative integer)\n", label);
 }
 
+/* What the device reports itself (twinctl report on the device), apart from the
+ * configuration: sorted "KEY  VALUE" rows. */
+static void get_print_own(const json_t *own)
+{
+        size_t n = json_object_size(own), i = 0;
+        _cleanup_free_ const char **names = NULL;
+        const char *key;
+        Table *t;
+        json_t *v;
+
+        if (n == 0)
+                return;
+        names = calloc(n, sizeof(char *));
+        t = table_new(2, (const char *const[]){ "DEVICE PROPERTY", "VALUE" });
+        if (!names || !t) {
+                table_free(t);
+                return;
+        }
+        json_object_foreach ((json_t *)own, key, v)
+                names[i++] = key;
+        qsort(names, n, sizeof(char *), compare_strings);
+        for (i = 0; i < n; i++) {
+                _cleanup_free_ char *value = output_value(json_object_get(own, names[i]), false);
+
+                (void)table_add_row(
+                    t, (const char *const[]){ names[i], value },
+                    (const enum OutputColor[]){ OUTPUT_COLOR_NONE, OUTPUT_COLOR_NONE });
+        }
+        putchar('\n');
+        table_print(t);
+        table_free(t);
+}
+
 static void get_print_human(const char *id, const json_t *desired, const json_t *reported,
                             const json_t *connection)
 {
         _cleanup_free_ char *conn = describe_connection(connection);
         _cleanup_json_ json_t *dprops = desired ? twin_properties(desired) : json_object();
-        _cleanup_json_ json_t *rprops = reported ? twin_properties(reported) : json_object();
+        _cleanup_json_ json_t *rprops =
+            reported ? device_reported_properties(reported, false) : json_object();
+        _cleanup_json_ json_t *own = reported ? device_reported_properties(reported, true) : NULL;
         _cleanup_json_ json_t *diff = twin_diff_keys(dprops, rprops);
         _cleanup_json_ json_t *keys = json_object();
         json_t *status = device_reported_status(reported);
@@ -384,6 +420,7 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
         json_object_foreach (rprops, key, v)
                 json_object_set(keys, key, json_true());
         if (json_object_size(keys) == 0) {
+                get_print_own(own);
                 fflush(stdout);
                 return;
         }
@@ -424,6 +461,7 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
         putchar('\n');
         table_print(t);
         table_free(t);
+        get_print_own(own);
 }
 
 int verb_get(int argc, char **argv, const TwinctlArgs *args)
@@ -455,10 +493,14 @@ int verb_get(int argc, char **argv, const TwinctlArgs *args)
         }
 
         if (args->json) {
-                _cleanup_json_ json_t *j = json_pack(
-                    "{s:s,s:O,s:O,s:O}", "deviceId", s.device_id, "desired",
-                    desired ? desired : json_null(), "reported", reported ? reported : json_null(),
-                    "connection", connection ? connection : json_null());
+                _cleanup_json_ json_t *own =
+                    reported ? device_reported_properties(reported, true) : json_object();
+                _cleanup_json_ json_t *j =
+                    own ? json_pack("{s:s,s:O,s:O,s:O,s:O}", "deviceId", s.device_id, "desired",
+                                    desired ? desired : json_null(), "reported",
+                                    reported ? reported : json_null(), "connection",
+                                    connection ? connection : json_null(), "deviceProperties", own)
+                        : NULL;
                 if (!j || output_json(j) < 0)
                         return log_error_errno(-ENOMEM, "Failed to print"), TWINCTL_EXIT_FAILURE;
         } else
@@ -467,177 +509,6 @@ int verb_get(int argc, char **argv, const TwinctlArgs *args)
 }
 
 /* ---- set ---------------------------------------------------------------------------------- */
-
-/* Splits KEY into the members of a path: "telemetry.interval" is telemetry, then interval; a
- * dot or a backslash that is part of a name is written "\." or "\\". Returns a new array of
- * strings, or NULL after saying what is wrong (or on ENOMEM). */
-static json_t *key_path(const char *key)
-{
-        _cleanup_json_ json_t *path = json_array();
-        _cleanup_free_ char *seg = malloc(strlen(key) + 1);
-        size_t n = 0;
-
-        if (!path || !seg)
-                return NULL;
-        for (const char *p = key;; p++) {
-                if (*p == '\\' && (p[1] == '.' || p[1] == '\\')) {
-                        seg[n++] = *++p;
-                        continue;
-                }
-                if (*p == '.' || *p == '\0') {
-                        seg[n] = '\0';
-                        if (n == 0) {
-                                log_error("'%s': an empty member name (write a dot that is part "
-                                          "of a name as \\.)",
-                                          key);
-                                return NULL;
-                        }
-                        if (json_array_append_new(path, json_string(seg)) < 0)
-                                return NULL;
-                        n = 0;
-                        if (*p == '\0')
-                                break;
-                        continue;
-                }
-                seg[n++] = *p;
-        }
-        return TAKE_PTR(path);
-}
-
-/* The value of KEY=VALUE: JSON when it parses as JSON, else the text itself (sendFrequency=5m).
- * What starts like a JSON object, array or string but does not parse is a mistake, not text. */
-static json_t *pair_value(const char *key, const char *value)
-{
-        json_error_t jerr;
-        json_t *v = json_loads(value, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES, &jerr);
-
-        if (v)
-                return v;
-        if (value[0] == '{' || value[0] == '[' || value[0] == '"') {
-                log_error("'%s': the value starts like JSON but is not: %s (column %d)", key,
-                          jerr.text, jerr.column);
-                return NULL;
-        }
-        v = json_string(value);
-        if (!v)
-                log_error("'%s': the value is not valid UTF-8", key);
-        return v;
-}
-
-/* Reads the patch of --file FILE (- for standard input): one JSON object. */
-static json_t *read_patch_file(const char *path)
-{
-        json_error_t jerr;
-        json_t *v;
-        FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "re");
-
-        if (!f) {
-                log_error_errno(negative_errno(), "Failed to open %s", path);
-                return NULL;
-        }
-        v = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
-        if (f != stdin)
-                fclose(f);
-        if (!v) {
-                log_error("%s:%d: not JSON: %s", strcmp(path, "-") == 0 ? "standard input" : path,
-                          jerr.line, jerr.text);
-                return NULL;
-        }
-        if (!json_is_object(v)) {
-                log_error("%s: not a JSON object", path);
-                json_decref(v);
-                return NULL;
-        }
-        return v;
-}
-
-/* The patches of set, applied in order: --file's object first, then one per KEY=VALUE pair, a
- * path making nested objects ({"telemetry": {"interval": 15}} merges into telemetry). */
-static int parse_pairs(const char *file, int n, char **pairs, json_t **ret, bool *ret_has_config_id)
-{
-        _cleanup_json_ json_t *patches = json_array();
-        bool has_config_id = false;
-        char err[256];
-
-        if (!patches)
-                return -ENOMEM;
-        if (file) {
-                json_t *patch = read_patch_file(file);
-
-                if (!patch)
-                        return -EINVAL;
-                if (twin_properties_validate(patch, NULL, err, sizeof err) < 0) {
-                        log_error("%s: %s", file, err);
-                        json_decref(patch);
-                        return -EINVAL;
-                }
-                has_config_id = json_object_get(patch, "configId") != NULL;
-                if (json_array_append_new(patches, patch) < 0)
-                        return -ENOMEM;
-        }
-        for (int i = 0; i < n; i++) {
-                _cleanup_free_ char *key = NULL;
-                _cleanup_json_ json_t *path = NULL, *patch = NULL;
-                const char *eq = strchr(pairs[i], '=');
-                size_t off, k;
-                json_t *v, *name;
-
-                if (!eq) {
-                        log_error("'%s' is not KEY=VALUE", pairs[i]);
-                        return -EINVAL;
-                }
-                /* jansson refuses invalid UTF-8 in keys and strings; say so rather than fail
-                 * later as if memory had run out. The bytes are not echoed: they are not text. */
-                off = utf8_invalid_offset(pairs[i], strlen(pairs[i]));
-                if (off < strlen(pairs[i])) {
-                        log_error("KEY=VALUE pair %d: the %s is not valid UTF-8 (byte %zu)", i + 1,
-                                  pairs[i] + off < eq ? "property name" : "value", off + 1);
-                        return -EINVAL;
-                }
-                key = strndup(pairs[i], (size_t)(eq - pairs[i]));
-                if (!key)
-                        return -ENOMEM;
-                if (!*key) {
-                        log_error("'%s': the property name is empty", pairs[i]);
-                        return -EINVAL;
-                }
-                if (key[0] == '$') {
-                        log_error("'%s': keys that start with '$' belong to the protocol", key);
-                        return -EINVAL;
-                }
-                path = key_path(key);
-                if (!path)
-                        return -EINVAL;
-                v = pair_value(key, eq + 1);
-                if (!v)
-                        return -EINVAL;
-                /* Built from the innermost member out: a.b.c=1 is {"a": {"b": {"c": 1}}}. */
-                for (k = json_array_size(path); k-- > 0;) {
-                        json_t *o = json_object();
-
-                        name = json_array_get(path, k);
-                        if (!o || json_object_set_new(o, json_string_value(name), v) < 0) {
-                                json_decref(o);
-                                return -ENOMEM;
-                        }
-                        v = o;
-                }
-                patch = v;
-                /* The same rules the device applies, checked before touching the service. */
-                if (twin_properties_validate(patch, NULL, err, sizeof err) < 0) {
-                        log_error("'%s': %s", key, err);
-                        return -EINVAL;
-                }
-                if (json_array_append_new(patches, TAKE_PTR(patch)) < 0)
-                        return -ENOMEM;
-                if (json_array_size(path) == 1 &&
-                    strcmp(json_string_value(json_array_get(path, 0)), "configId") == 0)
-                        has_config_id = true;
-        }
-        *ret = TAKE_PTR(patches);
-        *ret_has_config_id = has_config_id;
-        return 0;
-}
 
 /* Drops every key that starts with '$' (at any depth) from a copy of the current desired
  * document, but the top-level $version: the device refuses a whole document for one such key, so
@@ -808,7 +679,7 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         if (check_device_id(argv[1]) < 0)
                 return TWINCTL_EXIT_USAGE;
         s.device_id = argv[1];
-        r = parse_pairs(args->set_file, argc - 2, argv + 2, &patches, &has_config_id);
+        r = twinctl_parse_pairs(args->set_file, argc - 2, argv + 2, &patches, &has_config_id);
         if (r == -ENOMEM)
                 return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
         if (r < 0)

@@ -63,6 +63,7 @@ static const Verb verbs[] = {
         { "status", verb_status, false, 0 },
         { "events", verb_events, false, 0 },
         { "reapply", verb_reapply, false, 0 },
+        { "report", verb_report, false, VERB_OPTION_FILE },
 };
 
 static void help(void)
@@ -86,6 +87,8 @@ static void help(void)
                "  status                      The agent's state\n"
                "  events                      Follow the agent's events until Ctrl-C\n"
                "  reapply                     Run the apply of the current desired again\n"
+               "  report KEY=VALUE...         Report properties of the device itself next to\n"
+               "                              the applied ones (KEY=null removes one)\n"
                "\n"
                "Options:\n"
                "  -h --help                   Show this help\n"
@@ -110,7 +113,8 @@ static void help(void)
                "  -t --timeout=SECONDS        Give up after this long (whole command)\n"
                "  -w --wait                   set: wait until the device answers\n"
                "     --if-version=N           set: only if the desired $version is N\n"
-               "     --file=FILE              set: a JSON object merged in first (- for stdin)\n"
+               "     --file=FILE              set, report: a JSON object merged in first (- for\n"
+               "                              stdin)\n"
                "     --until-converged        watch: exit once the device answered the\n"
                "                              current desired $version\n"
                "     --pending                list: devices not yet converged\n"

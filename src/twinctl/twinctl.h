@@ -73,6 +73,7 @@ int verb_query(int argc, char **argv, const TwinctlArgs *args);
 int verb_status(int argc, char **argv, const TwinctlArgs *args);
 int verb_events(int argc, char **argv, const TwinctlArgs *args);
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args);
+int verb_report(int argc, char **argv, const TwinctlArgs *args);
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 uint64_t now_ms(void);

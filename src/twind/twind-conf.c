@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <ini.h>
 #include <stdarg.h>
+#include <grp.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -54,6 +55,8 @@ static int parse_time_span(const ConfigKey *k, const char *value, void *field, c
                            size_t errlen);
 static int parse_dialect(const ConfigKey *k, const char *value, void *field, char *err,
                          size_t errlen);
+static int parse_group(const ConfigKey *k, const char *value, void *field, char *err,
+                       size_t errlen);
 
 #define KEY(s, n, p, f, ...)                                                                       \
         {                                                                                          \
@@ -84,6 +87,8 @@ static const ConfigKey config_keys[_TWIND_KEY_MAX] = {
             KEY("state", "directory", parse_string, state_dir, .def = TWIND_STATE_DIR_DEFAULT),
         [TWIND_KEY_CONTROL_SOCKET] = KEY("control", "socket", parse_string, control_socket,
                                          .def = TWIND_CONTROL_SOCKET_DEFAULT),
+        [TWIND_KEY_CONTROL_REPORT_GROUP] =
+            KEY("control", "report_group", parse_group, control_report_group),
         [TWIND_KEY_AZURE_CONNECTION_STRING_FILE] =
             KEY("azure", "connection_string_file", parse_string, azure_connection_string_file),
         [TWIND_KEY_AZURE_TOKEN_LIFETIME] =
@@ -104,7 +109,9 @@ static void *key_field(TwindConfig *c, enum TwindConfigKey k)
 
 static bool key_is_string(enum TwindConfigKey k)
 {
-        return config_keys[k].parse == parse_string || config_keys[k].parse == parse_dialect;
+        /* A TwindGroup starts with its name. */
+        return config_keys[k].parse == parse_string || config_keys[k].parse == parse_dialect ||
+               config_keys[k].parse == parse_group;
 }
 
 int twind_config_set_string(char **field, const char *value)
@@ -135,6 +142,38 @@ static int parse_dialect(const ConfigKey *k, const char *value, void *field, cha
                 return -EINVAL;
         }
         return twind_config_set_string(field, value);
+}
+
+/* A group name or number, resolved now: a group that does not exist is an error when the
+ * configuration is read, not a silent refusal at the first report. */
+static int parse_group(const ConfigKey *k, const char *value, void *field, char *err, size_t errlen)
+{
+        TwindGroup *g = field;
+        struct group grp, *found = NULL;
+        char buf[4096];
+        unsigned long n;
+        char *end;
+        int r;
+
+        errno = 0;
+        n = strtoul(value, &end, 10);
+        if (value[0] >= '0' && value[0] <= '9' && *end == '\0' && errno == 0 &&
+            n < (unsigned long)(gid_t)-1) {
+                r = twind_config_set_string(&g->name, value);
+                if (r == 0)
+                        g->gid = (gid_t)n;
+                return r;
+        }
+        r = getgrnam_r(value, &grp, buf, sizeof buf, &found);
+        if (r != 0 || !found) {
+                snprintf(err, errlen, "group '%s' %s", value,
+                         r != 0 ? strerror(r) : "does not exist");
+                return -EINVAL;
+        }
+        r = twind_config_set_string(&g->name, value);
+        if (r == 0)
+                g->gid = found->gr_gid;
+        return r;
 }
 
 static int parse_seconds(const ConfigKey *k, const char *value, void *field, char *err,

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "macro.h"
 
@@ -35,6 +36,7 @@ enum TwindConfigKey {
         TWIND_KEY_APPLY_TIMEOUT,
         TWIND_KEY_STATE_DIRECTORY,
         TWIND_KEY_CONTROL_SOCKET,
+        TWIND_KEY_CONTROL_REPORT_GROUP,
         TWIND_KEY_AZURE_CONNECTION_STRING_FILE,
         TWIND_KEY_AZURE_TOKEN_LIFETIME,
         TWIND_KEY_AZURE_STATUS_PROPERTY,
@@ -50,6 +52,13 @@ typedef struct TwindConfigOrigin {
         unsigned line;
         const char *option; /* static; NULL: not from the command line */
 } TwindConfigOrigin;
+
+/* A group named in the configuration, resolved when it is read. The name comes first: the
+ * configuration frees it as it frees its strings. */
+typedef struct TwindGroup {
+        char *name; /* as written; NULL: unset */
+        gid_t gid;
+} TwindGroup;
 
 typedef struct TwindConfig {
         char *path;   /* the last file read, NULL when none was */
@@ -79,6 +88,7 @@ typedef struct TwindConfig {
 
         /* [control] */
         char *control_socket;
+        TwindGroup control_report_group; /* may call "report" too; name NULL: nobody else */
 
         /* [azure] */
         char *azure_connection_string_file;

@@ -67,6 +67,7 @@ struct ControlClient {
         size_t len, alloc;
 
         uid_t uid; /* from SO_PEERCRED at accept */
+        gid_t gid;
         pid_t pid;
 
         size_t queued; /* bytes in writes whose callback has not run */
@@ -273,6 +274,52 @@ static bool client_is_privileged(const ControlClient *c)
         return c->uid != CONTROL_UID_UNKNOWN && (c->uid == 0 || c->uid == geteuid());
 }
 
+/* Whether the client is in group gid: its primary group, or one of its supplementary groups
+ * (SO_PEERGROUPS, as the kernel recorded them at connect). */
+static bool client_in_group(ControlClient *c, gid_t gid)
+{
+        _cleanup_free_ gid_t *groups = NULL;
+        socklen_t len = 64 * sizeof(gid_t);
+        uv_os_fd_t fd;
+
+        if (c->uid == CONTROL_UID_UNKNOWN)
+                return false;
+        if (c->gid == gid)
+                return true;
+        if (uv_fileno((uv_handle_t *)&c->pipe, &fd) < 0)
+                return false;
+        for (int tries = 0; tries < 2; tries++) {
+                free(groups);
+                groups = malloc(len ? len : sizeof(gid_t));
+                if (!groups)
+                        return false;
+                if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) == 0) {
+                        for (size_t i = 0; i < len / sizeof(gid_t); i++)
+                                if (groups[i] == gid)
+                                        return true;
+                        return false;
+                }
+                if (errno != ERANGE)
+                        break; /* len now says how much the kernel has */
+        }
+        return false;
+}
+
+static bool client_may_call(ControlClient *c, enum ControlMethod m)
+{
+        const TwindGroup *g = &manager_config(c->server->manager)->control_report_group;
+
+        switch (control_method_access(m)) {
+        case CONTROL_ACCESS_READ:
+                return true;
+        case CONTROL_ACCESS_REPORT:
+                return client_is_privileged(c) || (g->name && client_in_group(c, g->gid));
+        case CONTROL_ACCESS_ADMIN:
+                return client_is_privileged(c);
+        }
+        return false;
+}
+
 /* One handler per method; each answers the request itself. */
 typedef void (*control_handler)(ControlClient *c, const ControlRequest *req);
 
@@ -319,6 +366,44 @@ static void handle_reapply(ControlClient *c, const ControlRequest *req)
         client_reply_result(c, req, json_pack("{s:b}", "started", 1));
 }
 
+static void handle_report(ControlClient *c, const ControlRequest *req)
+{
+        _cleanup_free_ char *keys = NULL;
+        char msg[CONTROL_ERROR_MSG_MAX];
+        size_t n = 0;
+        const char *key;
+        json_t *v;
+        int r;
+
+        r = manager_report(c->server->manager, req->properties, msg, sizeof(msg));
+        if (r == -EINVAL || r == -EIO) {
+                log_info("Report over the control socket refused (pid %d, uid %d): %s", (int)c->pid,
+                         (int)c->uid, msg);
+                client_reply_error(
+                    c, req, r == -EIO ? CONTROL_ERROR_SAVE_FAILED : CONTROL_ERROR_REFUSED, msg);
+                return;
+        }
+        if (r < 0) {
+                client_reply_error(c, req, CONTROL_ERROR_INTERNAL, "out of memory");
+                return;
+        }
+        /* The keys, never the values: a device may report what is not for the journal. */
+        json_object_foreach (req->properties, key, v)
+                n += strlen(key) + 2;
+        keys = malloc(n + 1);
+        if (keys) {
+                keys[0] = '\0';
+                json_object_foreach (req->properties, key, v) {
+                        if (keys[0])
+                                strcat(keys, ", ");
+                        strcat(keys, key);
+                }
+        }
+        log_info("Device properties reported over the control socket (pid %d, uid %d): %s",
+                 (int)c->pid, (int)c->uid, keys ? keys : "?");
+        client_reply_result(c, req, json_pack("{s:b}", "accepted", 1));
+}
+
 static void handle_events(ControlClient *c, const ControlRequest *req)
 {
         /* Following starts after this reply, so the reply is always the first line. */
@@ -327,10 +412,9 @@ static void handle_events(ControlClient *c, const ControlRequest *req)
 }
 
 static const control_handler control_handlers[_CONTROL_METHOD_MAX] = {
-        [CONTROL_METHOD_STATUS] = handle_status,
-        [CONTROL_METHOD_TWIN] = handle_twin,
-        [CONTROL_METHOD_REAPPLY] = handle_reapply,
-        [CONTROL_METHOD_EVENTS] = handle_events,
+        [CONTROL_METHOD_STATUS] = handle_status,   [CONTROL_METHOD_TWIN] = handle_twin,
+        [CONTROL_METHOD_REAPPLY] = handle_reapply, [CONTROL_METHOD_EVENTS] = handle_events,
+        [CONTROL_METHOD_REPORT] = handle_report,
 };
 
 static void client_handle_line(ControlClient *c, const char *line, size_t len)
@@ -347,14 +431,19 @@ static void client_handle_line(ControlClient *c, const char *line, size_t len)
                                    err[0] ? err : "invalid request");
                 return;
         }
-        if (control_method_is_privileged(req.method) && !client_is_privileged(c)) {
+        if (!client_may_call(c, req.method)) {
                 log_debug("Control method %s refused to uid %d",
                           control_method_to_string(req.method), (int)c->uid);
                 client_reply_error(c, &req, CONTROL_ERROR_ACCESS_DENIED,
-                                   "only root or the agent's user may call this method");
+                                   control_method_access(req.method) == CONTROL_ACCESS_REPORT
+                                       ? "only root, the agent's user and the members of "
+                                         "[control] report_group may report properties"
+                                       : "only root or the agent's user may call this method");
+                control_request_done(&req);
                 return;
         }
         control_handlers[req.method](c, &req);
+        control_request_done(&req);
 }
 
 static void client_set_reading(ControlClient *c, bool on)
@@ -486,6 +575,7 @@ static void client_credentials(ControlClient *c)
                 return;
         }
         c->uid = cred.uid;
+        c->gid = cred.gid;
         c->pid = cred.pid;
 }
 

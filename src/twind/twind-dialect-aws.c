@@ -275,18 +275,6 @@ static int send_request(AwsDialect *a, enum AwsRequest kind, json_t *body)
         return 0;
 }
 
-static json_t *map_reported(AwsDialect *a, const json_t *reported)
-{
-        _cleanup_json_ json_t *m = twin_properties(reported);
-        json_t *status = json_object_get(reported, "$status");
-
-        if (!m)
-                return NULL;
-        if (status && json_object_set(m, a->status_property, status) < 0)
-                return NULL;
-        return TAKE_PTR(m);
-}
-
 static void aws_pump(AwsDialect *a)
 {
         _cleanup_json_ json_t *patch = NULL, *body = NULL;
@@ -323,33 +311,42 @@ static void aws_pump(AwsDialect *a)
         a->sent = json_incref(a->wanted);
 }
 
-static int aws_publish_reported(TwinDialect *d, const json_t *reported)
+/* The shadow's 8 KB hold desired and reported together: never send what it refuses. */
+static int check_mapped(AwsDialect *a, const json_t *wanted, char *err, size_t errlen)
 {
-        AwsDialect *a = aws(d);
-        _cleanup_json_ json_t *wanted = map_reported(a, reported), *state = NULL;
-        _cleanup_free_ char *text = NULL;
-        char err[512];
+        _cleanup_json_ json_t *state =
+            json_pack("{s:O?, s:O}", "desired", a->desired, "reported", wanted);
+        _cleanup_free_ char *text = state ? json_dumps_compact(state) : NULL;
 
-        if (!wanted)
-                return -ENOMEM;
-        /* The shadow's 8 KB hold desired and reported together: never send what it refuses. */
-        state = json_pack("{s:O?, s:O}", "desired", a->desired, "reported", wanted);
-        text = state ? json_dumps_compact(state) : NULL;
         if (!text)
                 return -ENOMEM;
         if (strlen(text) > TWIN_AWS_STATE_MAX_BYTES) {
-                dialect_emit_problem(d, -E2BIG,
-                                     "not sending the reported state: the shadow would hold %zu "
-                                     "bytes of state, AWS IoT allows %d",
-                                     strlen(text), TWIN_AWS_STATE_MAX_BYTES);
+                snprintf(err, errlen, "the shadow would hold %zu bytes of state, AWS IoT allows %d",
+                         strlen(text), TWIN_AWS_STATE_MAX_BYTES);
                 return -E2BIG;
         }
-        if (twin_properties_validate(wanted, &twin_limits_aws, err, sizeof(err)) < 0) {
-                dialect_emit_problem(d, -EINVAL, "not sending the reported state: %s", err);
-                return -EINVAL;
-        }
+        return twin_properties_validate(wanted, &twin_limits_aws, err, errlen);
+}
+
+static int aws_check_reported(TwinDialect *d, const json_t *reported, char *err, size_t errlen)
+{
+        _cleanup_json_ json_t *wanted = dialect_map_reported(reported, aws(d)->status_property);
+
+        if (!wanted)
+                return -ENOMEM;
+        return check_mapped(aws(d), wanted, err, errlen);
+}
+
+/* Checked by twin_dialect_check_reported() first. */
+static int aws_publish_reported(TwinDialect *d, const json_t *reported)
+{
+        AwsDialect *a = aws(d);
+        json_t *wanted = dialect_map_reported(reported, a->status_property);
+
+        if (!wanted)
+                return -ENOMEM;
         json_decref(a->wanted);
-        a->wanted = TAKE_PTR(wanted);
+        a->wanted = wanted;
         if (!a->connected)
                 return -ENOTCONN;
         aws_pump(a);
@@ -640,6 +637,7 @@ const TwinDialectImpl twind_dialect_aws = {
         .disconnected = aws_disconnected,
         .message = aws_message,
         .subscribed = aws_subscribed,
+        .check_reported = aws_check_reported,
         .publish_reported = aws_publish_reported,
         .free = aws_free,
 };

@@ -265,20 +265,6 @@ static int send_request(AzureDialect *a, enum AzureRequest kind, const char *pay
         return 0;
 }
 
-/* The reported properties the agent wants, as IoT Hub holds them: the applied properties and
- * the status property; the agent's own $version is not the hub's. */
-static json_t *map_reported(AzureDialect *a, const json_t *reported)
-{
-        _cleanup_json_ json_t *m = twin_properties(reported);
-        json_t *status = json_object_get(reported, "$status");
-
-        if (!m)
-                return NULL;
-        if (status && json_object_set(m, a->status_property, status) < 0)
-                return NULL;
-        return TAKE_PTR(m);
-}
-
 /* Sends what is due, when nothing is in flight: a GET first, then the report. */
 static void azure_pump(AzureDialect *a)
 {
@@ -322,32 +308,41 @@ static void azure_pump(AzureDialect *a)
         log_debug("Sent reported patch (request %" PRIu64 "): %s", a->rid, text);
 }
 
-static int azure_publish_reported(TwinDialect *d, const json_t *reported)
+/* What the hub would refuse is never sent: it would only come back as a 400. */
+static int check_mapped(AzureDialect *a, const json_t *wanted, char *err, size_t errlen)
 {
-        AzureDialect *a = azure(d);
-        _cleanup_json_ json_t *wanted = map_reported(a, reported);
-        _cleanup_free_ char *text = NULL;
-        char err[512];
+        _cleanup_free_ char *text = json_dumps_compact(wanted);
 
-        if (!wanted)
-                return -ENOMEM;
-        /* What the hub would refuse is never sent: it would only come back as a 400. */
-        text = json_dumps_compact(wanted);
         if (!text)
                 return -ENOMEM;
         if (strlen(text) > a->limits.max_bytes) {
-                dialect_emit_problem(d, -E2BIG,
-                                     "not sending the reported properties: %zu bytes, IoT Hub "
-                                     "allows %zu",
-                                     strlen(text), a->limits.max_bytes);
+                snprintf(err, errlen,
+                         "the reported properties would be %zu bytes, IoT Hub allows %zu",
+                         strlen(text), a->limits.max_bytes);
                 return -E2BIG;
         }
-        if (twin_properties_validate(wanted, &twin_limits_azure, err, sizeof(err)) < 0) {
-                dialect_emit_problem(d, -EINVAL, "not sending the reported properties: %s", err);
-                return -EINVAL;
-        }
+        return twin_properties_validate(wanted, &twin_limits_azure, err, errlen);
+}
+
+static int azure_check_reported(TwinDialect *d, const json_t *reported, char *err, size_t errlen)
+{
+        _cleanup_json_ json_t *wanted = dialect_map_reported(reported, azure(d)->status_property);
+
+        if (!wanted)
+                return -ENOMEM;
+        return check_mapped(azure(d), wanted, err, errlen);
+}
+
+/* Checked by twin_dialect_check_reported() first. */
+static int azure_publish_reported(TwinDialect *d, const json_t *reported)
+{
+        AzureDialect *a = azure(d);
+        json_t *wanted = dialect_map_reported(reported, a->status_property);
+
+        if (!wanted)
+                return -ENOMEM;
         json_decref(a->wanted);
-        a->wanted = TAKE_PTR(wanted);
+        a->wanted = wanted;
         if (!a->connected)
                 return -ENOTCONN;
         azure_pump(a);
@@ -725,6 +720,7 @@ const TwinDialectImpl twind_dialect_azure = {
         .message = azure_message,
         .subscribed = azure_subscribed,
         .credentials = azure_credentials,
+        .check_reported = azure_check_reported,
         .publish_reported = azure_publish_reported,
         .free = azure_free,
 };

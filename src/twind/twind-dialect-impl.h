@@ -44,6 +44,10 @@ typedef struct TwinDialectImpl {
         /* Optional: see MqttClientCallbacks.credentials. */
         int (*credentials)(TwinDialect *d, char **ret_username, char **ret_password, char *err,
                            size_t errlen);
+        /* Whether the service would take this reported document: 0, or -E2BIG / -EINVAL with
+         * one line in err (see twin_dialect_check_reported()). Called before every
+         * publish_reported(), which then need not check again. */
+        int (*check_reported)(TwinDialect *d, const json_t *reported, char *err, size_t errlen);
         int (*publish_reported)(TwinDialect *d, const json_t *reported);
         /* Optional: the last publish before a clean shutdown (offline); *ret_mid is waited for. */
         int (*goodbye)(TwinDialect *d, int *ret_mid);
@@ -98,4 +102,9 @@ int dialect_subscribe(TwinDialect *d, const char *topic, int qos, int *ret_mid);
 void dialect_emit_desired(TwinDialect *d, const void *payload, size_t len);
 void dialect_emit_desired_removed(TwinDialect *d);
 void dialect_emit_problem(TwinDialect *d, int error, const char *fmt, ...) _printf_(3, 4);
+
+/* The reported properties as a cloud holds them: the document's properties (the device's own
+ * included) with $status under status_property, and no $version (the agent's count is not
+ * the service's). New reference; NULL on ENOMEM. */
+json_t *dialect_map_reported(const json_t *reported, const char *status_property);
 void dialect_remember(TwinDialect *d, const json_t *memory);

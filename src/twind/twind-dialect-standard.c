@@ -67,6 +67,38 @@ static void standard_message(TwinDialect *d, const char *topic, const void *payl
                 dialect_emit_desired(d, payload, len);
 }
 
+/* The broker takes a reported document of any size, and the agent's own part of it (the
+ * applied properties, which were a valid desired document, and $status) is what it is. The
+ * properties the device reports itself are held to the size of a desired document, so that a
+ * twin written here reads the same everywhere (docs/protocol.md, "Limits"). */
+static int standard_check_reported(TwinDialect *d, const json_t *reported, char *err, size_t errlen)
+{
+        json_t *keys = json_object_get(json_object_get(reported, "$status"), "deviceProperties");
+        _cleanup_json_ json_t *own = json_object();
+        _cleanup_free_ char *text = NULL;
+        size_t i;
+        json_t *k;
+
+        if (!own)
+                return -ENOMEM;
+        json_array_foreach (keys, i, k) {
+                json_t *v = json_object_get(reported, json_string_value(k));
+
+                if (v && json_object_set(own, json_string_value(k), v) < 0)
+                        return -ENOMEM;
+        }
+        text = json_dumps_compact(own);
+        if (!text)
+                return -ENOMEM;
+        if (strlen(text) > d->limits->max_bytes) {
+                snprintf(err, errlen,
+                         "the properties the device reports would be %zu bytes, the limit is %zu",
+                         strlen(text), d->limits->max_bytes);
+                return -E2BIG;
+        }
+        return 0;
+}
+
 static int standard_publish_reported(TwinDialect *d, const json_t *reported)
 {
         _cleanup_free_ char *text = json_dumps_compact(reported);
@@ -173,6 +205,7 @@ const TwinDialectImpl twind_dialect_standard = {
         .new = standard_new,
         .connected = standard_connected,
         .message = standard_message,
+        .check_reported = standard_check_reported,
         .publish_reported = standard_publish_reported,
         .goodbye = standard_goodbye,
         .free = standard_free,

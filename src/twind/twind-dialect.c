@@ -9,7 +9,9 @@
 #include <string.h>
 
 #include "config.h"
+#include "json-util.h"
 #include "log.h"
+#include "twin-model.h"
 #include "twind-dialect-impl.h"
 
 static const TwinDialectImpl *const dialects[] = {
@@ -295,9 +297,37 @@ int twin_dialect_start(TwinDialect *d)
 
 int twin_dialect_publish_reported(TwinDialect *d, const json_t *reported)
 {
+        char err[512];
+        int r;
+
         if (d->shutting_down)
                 return -ESHUTDOWN;
+        /* What the service would refuse is never sent: it would only come back refused. */
+        r = d->impl->check_reported(d, reported, err, sizeof(err));
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                dialect_emit_problem(d, r, "not sending the reported document: %s", err);
+                return r;
+        }
         return d->impl->publish_reported(d, reported);
+}
+
+json_t *dialect_map_reported(const json_t *reported, const char *status_property)
+{
+        _cleanup_json_ json_t *m = twin_properties(reported);
+        json_t *status = json_object_get(reported, "$status");
+
+        if (!m)
+                return NULL;
+        if (status && json_object_set(m, status_property, status) < 0)
+                return NULL;
+        return TAKE_PTR(m);
+}
+
+int twin_dialect_check_reported(TwinDialect *d, const json_t *reported, char *err, size_t errlen)
+{
+        return d->impl->check_reported(d, reported, err, errlen);
 }
 
 const char *twin_dialect_address(const TwinDialect *d)

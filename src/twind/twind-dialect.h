@@ -68,6 +68,10 @@ int twin_dialect_start(TwinDialect *d);
  * a shadow update). -ENOTCONN when offline: the caller publishes again on the next connect. */
 int twin_dialect_publish_reported(TwinDialect *d, const json_t *reported);
 
+/* Whether the service would take the reported document (its size and key rules, which
+ * publishing checks too): 0, or -E2BIG / -EINVAL (or -ENOMEM) with one line in err. */
+int twin_dialect_check_reported(TwinDialect *d, const json_t *reported, char *err, size_t errlen);
+
 /* Says goodbye (an offline announcement where the dialect has one), disconnects cleanly, and
  * calls done once the connection is closed or deadline_ms has passed, whichever is first. */
 int twin_dialect_shutdown(TwinDialect *d, uint64_t deadline_ms, void (*done)(void *userdata),

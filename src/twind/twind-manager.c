@@ -5,6 +5,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -53,6 +54,11 @@ struct Manager {
         uv_check_t *held_check;
         bool reapply_queued;
 
+        /* Device-reported properties go out at most once per REPORT_INTERVAL_MS, a burst of
+         * reports in one publish; any other publish carries them too. */
+        uv_timer_t *report_timer;
+        uint64_t last_publish_ms;
+
         char *last_error;
         char *problem; /* what the dialect says keeps the twin from working, until reconnected */
         uint64_t n_reconnects, n_applies, n_failures;
@@ -69,6 +75,10 @@ struct Manager {
         void *status_userdata;
         char *status_text;
 };
+
+/* A report waits this long for others to join it, and reports go out at most this often. */
+#define REPORT_DELAY_MS    100
+#define REPORT_INTERVAL_MS 1000
 
 static void manager_process_desired(Manager *m, const void *payload, size_t len);
 static void manager_process_held(Manager *m);
@@ -264,8 +274,41 @@ static void answer_desired(Manager *m, int64_t version, const char *digest, json
         publish_reported(m);
 }
 
-/* Publishes the reported document: applied properties, $version, $status. Offline is fine: the
- * document is published again from state on the next connect. */
+/* The reported document: the applied properties, the device's own next to them (an applied
+ * key wins; see manager_report()), $version and $status, which lists the device's keys in
+ * "deviceProperties" so that a reader can tell them from the configuration. New reference. */
+static json_t *build_reported(const Manager *m, int64_t version)
+{
+        _cleanup_json_ json_t *doc = json_deep_copy(m->state->applied);
+        _cleanup_json_ json_t *status = NULL, *keys = json_array();
+        const char *key;
+        json_t *v;
+
+        if (!doc || !keys)
+                return NULL;
+        json_object_foreach (m->state->device, key, v) {
+                if (json_object_get(doc, key))
+                        continue;
+                if (json_object_set(doc, key, v) < 0 ||
+                    json_array_append_new(keys, json_string(key)) < 0)
+                        return NULL;
+        }
+        if (json_object_set_new(doc, "$version", json_integer(version)) < 0)
+                return NULL;
+        if (m->state->status)
+                status = json_copy(m->state->status);
+        else if (json_array_size(keys) > 0)
+                status = json_object(); /* nothing answered yet: only the list */
+        if (status && json_array_size(keys) > 0 &&
+            json_object_set(status, "deviceProperties", keys) < 0)
+                return NULL;
+        if (status && json_object_set(doc, "$status", status) < 0)
+                return NULL;
+        return TAKE_PTR(doc);
+}
+
+/* Publishes the reported document. Offline is fine: the document is published again from state
+ * on the next connect. */
 static void publish_reported(Manager *m)
 {
         _cleanup_json_ json_t *doc = NULL;
@@ -288,12 +331,12 @@ static void publish_reported(Manager *m)
                 }
         }
 
-        doc = json_deep_copy(m->state->applied);
+        doc = build_reported(m, version);
         if (!doc)
                 goto oom;
-        json_object_set_new(doc, "$version", json_integer(version));
-        if (m->state->status)
-                json_object_set(doc, "$status", m->state->status);
+        /* This one carries every device property: a report waiting for its turn is in it. */
+        uv_timer_stop(m->report_timer);
+        m->last_publish_ms = uv_now(m->loop);
 
         r = twin_dialect_publish_reported(m->dialect, doc);
         if (r == -ENOMEM)
@@ -308,6 +351,122 @@ static void publish_reported(Manager *m)
         return;
 oom:
         log_error_errno(-ENOMEM, "Failed to build the reported document");
+}
+
+static void on_report_timer(uv_timer_t *t)
+{
+        publish_reported(t->data);
+}
+
+/* ---- device-reported properties ------------------------------------------------------------ */
+
+static int report_refuse(char *err, size_t errlen, const char *fmt, ...) _printf_(3, 4);
+static int report_refuse(char *err, size_t errlen, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(err, errlen, fmt, ap);
+        va_end(ap);
+        return -EINVAL;
+}
+
+/* Whether key is a top-level property of the desired document doc (NULL: none). */
+static bool desired_has(const json_t *doc, const char *key)
+{
+        return doc && key[0] != '$' && json_object_get(doc, key);
+}
+
+int manager_report(Manager *m, const json_t *patch, char *err, size_t errlen)
+{
+        const TwinLimits *limits = twin_dialect_limits(m->dialect);
+        _cleanup_json_ json_t *device = NULL, *doc = NULL;
+        json_t *old = m->state->device, *v;
+        char reason[512];
+        const char *key;
+        int r;
+
+        if (!json_is_object(patch) || json_object_size(patch) == 0)
+                return report_refuse(err, errlen, "no properties to report");
+        json_object_foreach ((json_t *)patch, key, v) {
+                if (!twin_limits_key_is_valid(limits, key))
+                        return report_refuse(err, errlen,
+                                             "'%s' is not a valid property name for %s", key,
+                                             limits->service);
+                if (limits->reserved_key && strcmp(key, limits->reserved_key) == 0)
+                        return report_refuse(err, errlen, "'%s' is the agent's status property",
+                                             key);
+                /* The agent owns what the configuration names: a device value would hide the
+                 * applied one or be taken for it. */
+                if (json_object_get(m->state->applied, key))
+                        return report_refuse(err, errlen,
+                                             "'%s' is a property of the applied configuration: "
+                                             "the agent reports it",
+                                             key);
+                if (desired_has(m->desired, key) || desired_has(m->applying, key))
+                        return report_refuse(err, errlen,
+                                             "'%s' is a property of the desired configuration: "
+                                             "the agent reports it",
+                                             key);
+        }
+
+        device = old ? json_deep_copy(old) : json_object();
+        if (!device || twin_merge_patch(device, patch) < 0)
+                return -ENOMEM;
+        if (twin_properties_validate(device, limits, reason, sizeof reason) < 0)
+                return report_refuse(err, errlen, "%s", reason);
+
+        /* What the service would refuse is refused now, not when it is published. */
+        m->state->device = device;
+        doc = build_reported(m, m->reported_version + 1);
+        m->state->device = old;
+        if (!doc)
+                return -ENOMEM;
+        r = twin_dialect_check_reported(m->dialect, doc, reason, sizeof reason);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0)
+                return report_refuse(err, errlen, "%s", reason);
+
+        m->state->device = TAKE_PTR(device);
+        r = save_state(m);
+        if (r < 0) {
+                json_decref(m->state->device);
+                m->state->device = old;
+                snprintf(err, errlen, "cannot save state in %s: %s", m->config->state_dir,
+                         strerror(-r));
+                return -EIO;
+        }
+        json_decref(old);
+
+        if (!uv_is_active((uv_handle_t *)m->report_timer)) {
+                uint64_t now = uv_now(m->loop), due = now + REPORT_DELAY_MS;
+
+                if (m->last_publish_ms + REPORT_INTERVAL_MS > due)
+                        due = m->last_publish_ms + REPORT_INTERVAL_MS;
+                uv_timer_start(m->report_timer, on_report_timer, due - now, 0);
+        }
+        if (events_wanted(m))
+                emit_event(m, CONTROL_EVENT_DEVICE_REPORTED,
+                           json_pack("{s:O}", "properties", patch));
+        return 0;
+}
+
+/* A configuration that takes over a key the device reported: the configuration owns it now. */
+static void drop_device_keys(Manager *m, const json_t *props)
+{
+        const char *key;
+        json_t *v;
+        void *tmp;
+
+        json_object_foreach_safe (m->state->device, tmp, key, v) {
+                if (!json_object_get(props, key))
+                        continue;
+                log_warning("Device-reported property '%s' is now part of the configuration; the "
+                            "configuration's value is reported",
+                            key);
+                json_object_del(m->state->device, key);
+        }
 }
 
 /* ---- applying ---------------------------------------------------------------------------- */
@@ -420,6 +579,7 @@ static void finish_apply(Manager *m, int error, const char *message)
                 } else {
                         json_decref(m->state->applied);
                         m->state->applied = json_incref(props);
+                        drop_device_keys(m, props);
                         m->state->desired_version = version;
                         set_status(m,
                                    make_status("success", version, config_id, NULL, NULL, false));
@@ -719,6 +879,7 @@ static void on_held_check(uv_check_t *h)
         manager_process_held(m);
 }
 
+/* For the manager's own handles, allocated one by one. */
 static void on_held_check_closed(uv_handle_t *h)
 {
         free(h);
@@ -840,6 +1001,11 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *
                 return log_error_errno(-ENOMEM, "Failed to allocate the agent");
         uv_check_init(loop, m->held_check);
         m->held_check->data = m;
+        m->report_timer = malloc(sizeof(*m->report_timer));
+        if (!m->report_timer)
+                return log_error_errno(-ENOMEM, "Failed to allocate the agent");
+        uv_timer_init(loop, m->report_timer);
+        m->report_timer->data = m;
 
         r = manager_make_dialect(m, m->config, &m->dialect);
         if (r < 0)
@@ -994,12 +1160,13 @@ json_t *manager_status_json(Manager *m)
                 twin_format_time(m->connected_since, since);
 
         return json_pack(
-            "{s:s, s:s, s:s, s:b, s:s?, s:O?, s:O, s:O?, s:s, s:I, s:I, s:s?, s:I, s:s?,"
+            "{s:s, s:s, s:s, s:b, s:s?, s:O?, s:O, s:o, s:O?, s:s, s:I, s:I, s:s?, s:I, s:s?,"
             " s:{s:I, s:I, s:I}}",
             "deviceId", device_id(m), "dialect", twin_dialect_name(m->dialect), "broker",
             twin_dialect_address(m->dialect), "connected", m->connected, "connectedSince",
             m->connected ? since : NULL, "configId", twin_config_id(m->state->applied), "applied",
-            m->state->applied, "status", st, "state",
+            m->state->applied, "deviceProperties",
+            m->state->device ? json_incref(m->state->device) : json_object(), "status", st, "state",
             m->applying ? "applying" : (json_is_string(state) ? json_string_value(state) : "idle"),
             "desiredVersion", (json_int_t)m->state->desired_version, "reportedVersion",
             (json_int_t)m->reported_version, "lastError", m->last_error, "uptimeSeconds",
@@ -1010,13 +1177,10 @@ json_t *manager_status_json(Manager *m)
 
 json_t *manager_twin_json(Manager *m)
 {
-        _cleanup_json_ json_t *reported = json_deep_copy(m->state->applied);
+        _cleanup_json_ json_t *reported = build_reported(m, m->reported_version);
 
         if (!reported)
                 return NULL;
-        json_object_set_new(reported, "$version", json_integer(m->reported_version));
-        if (m->state->status)
-                json_object_set(reported, "$status", m->state->status);
         return json_pack("{s:O?, s:O}", "desired", m->desired, "reported", reported);
 }
 
@@ -1047,6 +1211,8 @@ Manager *manager_free(Manager *m)
         twin_dialect_free(m->dialect);
         if (m->held_check)
                 uv_close((uv_handle_t *)m->held_check, on_held_check_closed);
+        if (m->report_timer)
+                uv_close((uv_handle_t *)m->report_timer, on_held_check_closed);
         json_decref(m->applying);
         json_decref(m->desired);
         free(m->held.payload);

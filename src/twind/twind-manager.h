@@ -55,6 +55,13 @@ json_t *manager_twin_json(Manager *m);
  * document has been received. Returns 0 when started or queued. */
 int manager_reapply(Manager *m);
 
+/* Merges patch (a merge patch of properties the device reports itself; null removes) into the
+ * device's properties, saves them and publishes them soon (a burst in one publish). Returns 0;
+ * -EINVAL with one line in err when refused (a key of the desired or applied configuration,
+ * the status property, or what breaks the dialect's limits); -EIO with err when the state
+ * could not be saved (nothing changed); -ENOMEM. */
+int manager_report(Manager *m, const json_t *patch, char *err, size_t errlen);
+
 const TwindConfig *manager_config(const Manager *m);
 
 Manager *manager_free(Manager *m);

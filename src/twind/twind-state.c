@@ -44,6 +44,7 @@ TwinState *twin_state_free(TwinState *s)
         json_decref(s->applied);
         json_decref(s->status);
         json_decref(s->dialects);
+        json_decref(s->device);
         free(s->answered_digest);
         free(s);
         return NULL;
@@ -74,6 +75,11 @@ int twin_state_copy(const TwinState *s, TwinState **ret)
                 if (!c->dialects)
                         return -ENOMEM;
         }
+        if (s->device) {
+                c->device = json_deep_copy(s->device);
+                if (!c->device)
+                        return -ENOMEM;
+        }
         c->desired_version = s->desired_version;
         c->reported_version = s->reported_version;
         *ret = TAKE_PTR(c);
@@ -101,6 +107,9 @@ int twin_state_encode(const TwinState *s, char **ret)
         if (s->dialects && json_object_size(s->dialects) > 0 &&
             json_object_set(root, "dialects", s->dialects) < 0)
                 return -ENOMEM;
+        if (s->device && json_object_size(s->device) > 0 &&
+            json_object_set(root, "device", s->device) < 0)
+                return -ENOMEM;
 
         /* Indented: an operator may read it when something went wrong. */
         text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
@@ -127,7 +136,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
 {
         _cleanup_(twin_state_freep) TwinState *s = NULL;
         _cleanup_json_ json_t *root = NULL;
-        json_t *format, *applied, *desired, *reported, *status, *answered, *dialects;
+        json_t *format, *applied, *desired, *reported, *status, *answered, *dialects, *device;
         char reason[256] = "";
         json_error_t jerr;
 
@@ -204,10 +213,17 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
         if (dialects && !json_is_object(dialects))
                 return decode_error(err, errlen, -EINVAL, "dialects: not an object");
 
+        device = json_object_get(root, "device");
+        if (device && !json_is_object(device))
+                return decode_error(err, errlen, -EINVAL, "device: not an object");
+        if (device && twin_properties_validate(device, NULL, reason, sizeof reason) < 0)
+                return decode_error(err, errlen, -EINVAL, "device: %s", reason);
+
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
         s->dialects = json_incref(dialects);
+        s->device = json_incref(device);
         if (answered) {
                 s->answered_digest = strdup(json_string_value(answered));
                 if (!s->answered_digest)

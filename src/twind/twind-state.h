@@ -35,6 +35,9 @@ typedef struct TwinState {
         /* What a dialect keeps across restarts, by dialect name (AWS: the shadow version at
          * which desired last changed); NULL when none. */
         json_t *dialects;
+        /* The properties the device reports itself (twinctl report), published next to the
+         * applied ones; NULL when none. */
+        json_t *device;
 } TwinState;
 
 /* Empty state: applied {}, desired_version -1, reported_version 0, status NULL. */

@@ -38,5 +38,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         REQUIRE(req.method >= 0 && req.method < _CONTROL_METHOD_MAX);
         REQUIRE(control_method_from_string(control_method_to_string(req.method)) == req.method);
+        REQUIRE((req.method == CONTROL_METHOD_REPORT) == (req.properties != NULL));
+        control_request_done(&req);
         return 0;
 }

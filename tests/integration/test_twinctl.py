@@ -210,7 +210,8 @@ def test_get_json_shape(broker, client, devices):
     r = twinctl(broker, "get", "dev-1", "--json")
     assert r.returncode == EXIT_OK, r.stderr
     doc = json.loads(r.stdout)
-    assert set(doc) == {"deviceId", "desired", "reported", "connection"}
+    assert set(doc) == {"deviceId", "desired", "reported", "connection", "deviceProperties"}
+    assert doc["deviceProperties"] == {}
     assert doc["deviceId"] == "dev-1"
     assert doc["desired"] == {"$version": 3, "configId": 7, "sendFrequency": "5m"}
     assert doc["reported"]["sendFrequency"] == "5m"

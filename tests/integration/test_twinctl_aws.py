@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+import twinlib
 from awsiot import AwsIotEmulator, available
 from test_aws import aws_agent
 from test_twinctl import (
@@ -143,3 +144,27 @@ def test_list_needs_named_devices(emu, aws):
     rows = json.loads(r.stdout)
     assert [d["deviceId"] for d in rows] == [THING], rows
     assert rows[0]["desiredConfigId"] == 1, rows
+
+
+def test_device_reported_properties_reach_the_shadow(tmp_path, emu, aws, make_apply):
+    agent, apply = start_device(tmp_path, emu, make_apply)
+    try:
+        r = aws("set", THING, "mode=eco", "--wait", "--timeout", "30")
+        assert r.returncode == EXIT_OK, r.stderr
+        r = subprocess.run([twinctl_binary(), "--socket", agent.socket, "report",
+                            "firmware=1.4.2"], capture_output=True, text=True, timeout=30,
+                           env=environment())
+        assert r.returncode == EXIT_OK, r.stderr
+        twinlib.poll(lambda: emu.shadow()["state"].get("reported", {}).get("firmware") ==
+                     "1.4.2", 15)
+        rep = emu.shadow()["state"]["reported"]
+        assert rep.get("firmware") == "1.4.2" and rep["mode"] == "eco", rep
+        assert rep["twinStatus"]["deviceProperties"] == ["firmware"], rep
+        r = aws("get", THING)
+        assert r.returncode == EXIT_OK and "success" in r.stdout, r.stdout
+        assert "drifted" not in r.stdout and "DEVICE PROPERTY" in r.stdout, r.stdout
+        # The watch of a device that reports by itself still converges.
+        r = aws("watch", THING, "--until-converged", "--timeout", "20")
+        assert r.returncode == EXIT_OK, r.stderr
+    finally:
+        agent.cleanup()

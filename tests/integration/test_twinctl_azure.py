@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from azurehub import AzureHub
+from azurehub import AzureHub, deadline_poll
 from test_azure import azure_agent
 from test_twinctl import (
     EXIT_ACCESS_DENIED,
@@ -202,3 +202,32 @@ def test_malformed_connection_string_names_file_and_field(tmp_path, az):
     assert r.returncode != EXIT_OK, r.stderr
     assert str(bad) in r.stderr and "SharedAccessKeyName: missing" in r.stderr, r.stderr
     assert "c2VjcmV0" not in r.stderr
+
+
+def test_device_reported_properties_reach_the_hub_apart_from_the_configuration(hub, az, device):
+    agent, apply = device
+    r = az("set", DEVICE, "sendFrequency=5m", "--wait", "--timeout", "30")
+    assert r.returncode == EXIT_OK, r.stderr
+    r = subprocess.run([twinctl_binary(), "--socket", agent.socket, "report", "firmware=1.4.2",
+                        "battery.percent=81"], capture_output=True, text=True, timeout=30,
+                       env=environment())
+    assert r.returncode == EXIT_OK, r.stderr
+
+    def arrived():
+        rep = hub.twin(DEVICE)["properties"]["reported"]
+        return rep if rep.get("firmware") == "1.4.2" else None
+
+    rep = deadline_poll(arrived, 15, "the reported firmware on the hub")
+    # Flat, as IoT Hub users query them; the status property lists the device's own keys.
+    assert rep["battery"] == {"percent": 81} and rep["sendFrequency"] == "5m", rep
+    assert sorted(rep["twinStatus"]["deviceProperties"]) == ["battery", "firmware"], rep
+    # Twin rules hold for reports too: no '.' in an IoT Hub property name.
+    r = subprocess.run([twinctl_binary(), "--socket", agent.socket, "report", "a\\.b=1"],
+                       capture_output=True, text=True, timeout=30, env=environment())
+    assert r.returncode == 1 and "'a.b' is not a valid property name for IoT Hub" in r.stderr, \
+        r.stderr
+    r = az("get", DEVICE)
+    assert r.returncode == EXIT_OK and "success" in r.stdout, r.stdout
+    assert "drifted" not in r.stdout and "DEVICE PROPERTY" in r.stdout, r.stdout
+    r = az("get", DEVICE, "--json")
+    assert json.loads(r.stdout)["deviceProperties"]["firmware"] == "1.4.2", r.stdout
