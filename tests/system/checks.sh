@@ -149,6 +149,105 @@ check "twinctl status starts the agent through the socket" \
         equals "$(status_field .deviceId)" "$DEVICE"
 check "twind.service is active again" active
 
+# ---- the recipe of data/examples (twind(8), "A REAL APPLY"): twind, still in the shipped
+# sandbox, writes myapp's configuration into its state directory; a path unit has it installed
+# and myapp restarted by root, and the apply waits for the outcome.
+EXAMPLES=/usr/share/doc/twind/examples
+myapp_prop() { systemctl show -P "$1" myapp.service; }
+# myapp_restarted PID: myapp runs, in another process than PID.
+myapp_restarted() {
+        local pid
+        pid=$(myapp_prop MainPID)
+        [[ $pid != 0 && $pid != "$1" ]]
+}
+myapp_runs() { [[ $(cat /run/myapp/running 2>/dev/null) == "send_frequency=$1" ]]; }
+myapp_journal_has() { journalctl -u myapp.service --no-pager -q | grep -qF "$1"; }
+twin_json() { twinctl get "$DEVICE" --json 2>/dev/null; }
+reported_frequency() { twin_json | jq -r '.reported.sendFrequency'; }
+contains() { [[ $1 == *"$2"* ]] || { echo "#   '$1' does not contain '$2'"; return 1; }; }
+# set_frequency VALUE: twinctl set ... --wait; its output as comments, its exit status in rc.
+set_frequency() {
+        out=$(twinctl set "$DEVICE" "sendFrequency=$1" --wait --timeout 60 2>&1)
+        rc=$?
+        printf '#   %s\n' "${out//$'\n'/$'\n'#   }"
+}
+
+# What twind(8) and the README tell the operator to do.
+install -m 0755 "$EXAMPLES"/{twind-apply-myapp,twind-apply-myapp-restart,myapp} /usr/local/libexec/
+install -m 0644 "$EXAMPLES"/{twind-apply-myapp.path,twind-apply-myapp.service,myapp.service} \
+        /etc/systemd/system/
+cat "$EXAMPLES/twind.conf.myapp" >>/etc/twind/twind.conf
+systemctl daemon-reload
+verify=$(systemd-analyze verify --man=no myapp.service twind-apply-myapp.path \
+        twind-apply-myapp.service 2>&1)
+[[ -z $verify ]] || printf '#   %s\n' "${verify//$'\n'/$'\n'#   }"
+check "systemd-analyze verify finds nothing wrong with the recipe's units" equals "$verify" ""
+check "systemctl enable --now myapp.service twind-apply-myapp.path succeeds" \
+        systemctl enable --quiet --now myapp.service twind-apply-myapp.path
+check "myapp runs with its default, send_frequency=1m" wait_for 10 myapp_runs 1m
+check "systemctl reload twind (the recipe's apply command) succeeds" systemctl reload twind.service
+check "twind runs in the shipped sandbox: no drop-in but this root's watchdog" \
+        equals "$(prop DropInPaths)" /etc/systemd/system/twind.service.d/test-watchdog.conf
+
+pid=$(myapp_prop MainPID)
+set_frequency 10m
+check "twinctl set $DEVICE sendFrequency=10m --wait converges through the recipe" equals "$rc" 0
+check "myapp was restarted" myapp_restarted "$pid"
+check "myapp runs with send_frequency=10m" wait_for 10 myapp_runs 10m
+check "myapp's journal says it runs with 10m" \
+        wait_for 10 myapp_journal_has "running with send_frequency=10m"
+check "/etc/myapp/myapp.conf is root's, mode 0644" \
+        equals "$(stat -c '%U %a' /etc/myapp/myapp.conf 2>&1)" "root 644"
+check "and has the new value" grep -qx "send_frequency = 10m" /etc/myapp/myapp.conf
+check "the twin reports sendFrequency 10m" equals "$(reported_frequency)" 10m
+
+# myapp's own check refuses the value: nothing changes, and the twin says why.
+pid=$(myapp_prop MainPID)
+set_frequency 5s
+check "sendFrequency=5s: twinctl set --wait says the device failed (exit status 3)" equals "$rc" 3
+check "the twin's error is myapp's reason" \
+        contains "$(twin_json | jq -r '.reported["$status"].error')" "below the minimum of 10s"
+check "myapp was not restarted" equals "$(myapp_prop MainPID)" "$pid"
+check "myapp still runs with 10m" myapp_runs 10m
+check "the twin still reports 10m" equals "$(reported_frequency)" 10m
+
+# The apply command refuses what is not a span before anything reaches root.
+set_frequency 5
+check "sendFrequency=5 (a number): the device failed" equals "$rc" 3
+check "the twin's error names the property" \
+        contains "$(twin_json | jq -r '.reported["$status"].error')" "sendFrequency must be a span"
+
+# myapp does not start with 13m (a stand-in for a port in use, a missing device...): the
+# previous configuration is put back and the failure shows in the twin and in myapp's journal.
+install -d /etc/systemd/system/myapp.service.d
+cat >/etc/systemd/system/myapp.service.d/test-cannot-start.conf <<'CONF'
+[Service]
+ExecStartPre=/bin/sh -c '! grep -q "^send_frequency = 13m" /etc/myapp/myapp.conf'
+CONF
+systemctl daemon-reload
+pid=$(myapp_prop MainPID)
+set_frequency 13m
+check "sendFrequency=13m, which myapp cannot start with: the device failed" equals "$rc" 3
+check "the twin's error says myapp did not start and runs the previous configuration" \
+        contains "$(twin_json | jq -r '.reported["$status"].error')" \
+        "myapp.service did not start with the new configuration and runs the previous one again"
+check "myapp is active again" systemctl is-active --quiet myapp.service
+check "myapp was restarted again" myapp_restarted "$pid"
+check "with the previous configuration: send_frequency=10m" wait_for 10 myapp_runs 10m
+check "myapp's journal shows the failed start" \
+        myapp_journal_has "Failed to start myapp.service"
+check "the twin still reports 10m" equals "$(reported_frequency)" 10m
+rm /etc/systemd/system/myapp.service.d/test-cannot-start.conf
+systemctl daemon-reload
+
+set_frequency 15m
+check "after the failures, sendFrequency=15m converges" equals "$rc" 0
+check "myapp runs with send_frequency=15m" wait_for 10 myapp_runs 15m
+check "twind-apply-myapp.path still waits for the next one" \
+        systemctl is-active --quiet twind-apply-myapp.path
+check "no request is left behind in /var/lib/twind/myapp" \
+        equals "$(find /var/lib/twind/myapp -type f)" ""
+
 echo "1..$n"
 if ((failed == 0)); then
         echo "pass: $n checks" >/out/result

@@ -127,7 +127,11 @@ DESTDIR=$ROOT meson install -C "$BUILD" --no-rebuild --quiet >"$OUT/install.log"
 # Where a distribution expects each file (man pages only when scdoc could build them).
 installed=(usr/sbin/twind usr/bin/twinctl lib/systemd/system/twind.service
         lib/systemd/system/twind.socket usr/lib/sysusers.d/twind.conf
-        usr/share/doc/twind/twind.conf)
+        usr/share/doc/twind/twind.conf usr/share/doc/twind/examples/twind-apply-myapp
+        usr/share/doc/twind/examples/twind-apply-myapp-restart usr/share/doc/twind/examples/myapp
+        usr/share/doc/twind/examples/twind-apply-myapp.path
+        usr/share/doc/twind/examples/twind-apply-myapp.service
+        usr/share/doc/twind/examples/myapp.service usr/share/doc/twind/examples/twind.conf.myapp)
 command -v scdoc >/dev/null &&
         installed+=(usr/share/man/man8/twind.8 usr/share/man/man5/twind.conf.5
                 usr/share/man/man1/twinctl.1)
