@@ -3,7 +3,8 @@
 // Conformance: Microsoft's service SDK (azure-iothub) against the emulator's REST side:
 // Registry.fromConnectionString, getTwin, twin.update (desired and tags, delivered to a device
 // connected with Microsoft's device SDK), a stale etag, createQuery(...).nextAsTwin() over
-// several pages, a projection, and the errors the SDK translates (404, 401, 429, 400).
+// several pages, a projection, Registry.delete, and the errors the SDK translates (404, 401,
+// 429, 400).
 // The service SDK only talks to https://{HostName}:443, so the REST side binds
 // 127.0.0.1:443 with HostName=localhost, and the CA comes in through NODE_EXTRA_CA_CERTS,
 // which Node reads at start-up: the check makes the CA, then runs itself again with it.
@@ -41,6 +42,7 @@ async function main (state) {
   const certs = { ca: path.join(dir, 'ca.crt'), cert: path.join(dir, 'server.crt'), key: path.join(dir, 'server.key') }
   const ownerKey = randomKey()
   const deviceKey = randomKey()
+  const serviceKey = randomKey()
   const devices = ['dev-1', 'dev-2', 'dev-3', 'dev-4', 'dev-5']
     .map(d => ({ deviceId: d, primaryKey: d === 'dev-1' ? deviceKey : randomKey() }))
   devices[4].status = 'disabled'
@@ -54,7 +56,7 @@ async function main (state) {
         name: 'iothubowner',
         primaryKey: ownerKey,
         rights: ['RegistryRead', 'RegistryWrite', 'ServiceConnect', 'DeviceConnect']
-      }],
+      }, { name: 'service', primaryKey: serviceKey, rights: ['ServiceConnect'] }],
       devices
     })
   } catch (e) {
@@ -140,6 +142,13 @@ async function main (state) {
   ).next()
   assert.deepStrictEqual(proj.result, [{ deviceId: 'dev-1', battery: 80 }])
   assert.strictEqual(proj.message.headers['x-ms-item-type'], 'JSON')
+
+  // Registry.delete: the identity and its twin go; a policy without RegistryWrite may not.
+  const serviceOnly = Registry.fromConnectionString(`HostName=${HOST};SharedAccessKeyName=service;SharedAccessKey=${serviceKey}`)
+  await assert.rejects(serviceOnly.delete('dev-3'), e => e.name === 'UnauthorizedError')
+  await within(STEP_MS, registry.delete('dev-3'), 'registry.delete')
+  await assert.rejects(registry.getTwin('dev-3'), e => e.name === 'DeviceNotFoundError')
+  await assert.rejects(registry.delete('dev-3'), e => e.name === 'DeviceNotFoundError')
 
   // Errors as the SDK translates them.
   await assert.rejects(registry.getTwin('no-such-device'), e => e.name === 'DeviceNotFoundError')

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The service side: IoT Hub's REST API for twins (Devices/Modules - Get, Update, Replace Twin;
-// Query IoT Hub), api-version 2021-04-12 and the others the SDKs send, over HTTPS.
+// Query IoT Hub; Devices - Delete Identity), api-version 2021-04-12 and the others the SDKs
+// send, over HTTPS.
 'use strict'
 
 const https = require('https')
@@ -102,7 +103,7 @@ class ServiceSide {
     if (!url.searchParams.get('api-version')) {
       throw new HttpError(400, 'api-version is required', 'InvalidProtocolVersion')
     }
-    this.authorize(req, route.resource)
+    this.authorize(req, route.resource, route.right || 'ServiceConnect')
     const entry = { kind: `rest.${route.name}`, deviceId: route.deviceId || null, moduleId: route.moduleId || null }
     const fault = this.faults.take('rest')
     const delay = this.faults.delays.rest
@@ -113,7 +114,7 @@ class ServiceSide {
       const headers = fault.retryAfter === null ? {} : { 'Retry-After': String(fault.retryAfter) }
       throw new HttpError(fault.status, fault.message || `injected ${fault.status}`, undefined, headers)
     }
-    const body = ['PATCH', 'PUT', 'POST'].includes(req.method) ? await readBody(req) : ''
+    const body = ['PATCH', 'PUT', 'POST', 'DELETE'].includes(req.method) ? await readBody(req) : ''
     try {
       await route.handler(req, res, body, entry)
     } catch (e) {
@@ -141,6 +142,12 @@ class ServiceSide {
       if (method === 'PUT') return { ...r, name: 'replaceTwin', handler: (q, s, b, e) => this.updateTwin(q, s, r, b, true, e) }
       throw new HttpError(405, `${method} is not supported on twins`, 'InvalidOperation')
     }
+    if (segs.length === 2 && segs[0] === 'devices' && segs[1] !== 'query') {
+      // Devices - Delete Identity: the device, its twin and its modules go; RegistryWrite.
+      const r = { resource: `${host}/devices/${segs[1]}`, deviceId: segs[1], moduleId: null }
+      if (method !== 'DELETE') throw new HttpError(405, `the emulator does not implement ${method} on devices`, 'InvalidOperation')
+      return { ...r, name: 'deleteDevice', right: 'RegistryWrite', handler: (q, s, b, e) => this.deleteDevice(q, s, r, e) }
+    }
     if (segs.length === 2 && segs[0] === 'devices' && segs[1] === 'query') {
       if (method !== 'POST') throw new HttpError(405, 'queries are POSTed', 'InvalidOperation')
       return { name: 'query', resource: `${host}/devices`, handler: (q, s, b, e) => this.query(q, s, b, e) }
@@ -148,8 +155,9 @@ class ServiceSide {
     throw new HttpError(404, `the emulator does not implement ${method} ${pathname}`, 'NotFound')
   }
 
-  // A shared access policy token with ServiceConnect whose resource covers this one.
-  authorize (req, resource) {
+  // A shared access policy token with the right (ServiceConnect, RegistryWrite) whose resource
+  // covers this one.
+  authorize (req, resource, right) {
     const unauthorized = msg => {
       this.journal.count('rest.unauthorized')
       return new HttpError(401, msg, 'IotHubUnauthorizedAccess')
@@ -172,7 +180,7 @@ class ServiceSide {
     if (!sas.coversResource(t.resource, resource)) {
       throw unauthorized(`Unauthorized: token for '${t.resource}' does not cover '${resource}'`)
     }
-    if (!p.rights.includes('ServiceConnect')) throw unauthorized(`Unauthorized: policy '${p.name}' lacks ServiceConnect`)
+    if (!p.rights.includes(right)) throw unauthorized(`Unauthorized: policy '${p.name}' lacks ${right}`)
   }
 
   identity (r) {
@@ -238,6 +246,20 @@ class ServiceSide {
       this.deviceSide.notifyDesired(id, replace ? id.twin.desired : update.desired, version)
     }
     sendJson(res, 200, id.twin.restDocument(id))
+  }
+
+  // If-Match: '*' (what the SDK sends) or the identity's etag; without it the delete is
+  // unconditional, as the REST reference allows. 204 without a body.
+  deleteDevice (req, res, r, entry) {
+    const id = this.identity(r)
+    const ifMatch = req.headers['if-match']
+    if (ifMatch && unquoteEtag(ifMatch) !== '*' && unquoteEtag(ifMatch) !== id.etag) {
+      throw new HttpError(412, `etag ${ifMatch} does not match "${id.etag}"`, 'PreconditionFailed')
+    }
+    this.registry.remove(r.deviceId)
+    entry.status = 204
+    res.writeHead(204)
+    res.end()
   }
 
   query (req, res, text, entry) {
