@@ -46,7 +46,7 @@ typedef struct AwsBackend {
         char token_prefix[32];
         uint64_t counter;
 
-        /* The one update in flight (set). */
+        /* The one update (set) or delete in flight. */
         char set_token[64];
         bool set_done;
         long set_code; /* 0 accepted, else the error code */
@@ -214,8 +214,12 @@ static void on_message(BrokerSession *s, const char *topic, const void *payload,
                 a->set_done = true;
                 a->set_code = 0;
                 a->set_version = json_integer_value(version);
-        } else if (strcmp(rest, "update/rejected") == 0 && a->set_token[0] &&
+        } else if (strcmp(rest, "delete/accepted") == 0 && a->set_token[0] &&
                    our_token(a, body, a->set_token)) {
+                a->set_done = true;
+                a->set_code = 0;
+        } else if ((strcmp(rest, "update/rejected") == 0 || strcmp(rest, "delete/rejected") == 0) &&
+                   a->set_token[0] && our_token(a, body, a->set_token)) {
                 a->set_done = true;
                 a->set_code = (long)json_integer_value(json_object_get(body, "code"));
                 snprintf(a->set_message, sizeof(a->set_message), "%.200s", message_of(body));
@@ -290,8 +294,8 @@ static int aws_open(TwinBackend **ret, const TwinctlArgs *args, const char *id,
                     TwinBackendChangeFunc on_change, void *userdata)
 {
         static const char *const leaves[] = {
-                "get/accepted",    "get/rejected",     "update/accepted",
-                "update/rejected", "update/documents",
+                "get/accepted",     "get/rejected",    "update/accepted", "update/rejected",
+                "update/documents", "delete/accepted", "delete/rejected",
         };
         _cleanup_(twin_backend_freep) TwinBackend *b = NULL;
         uint64_t deadline = twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS);
@@ -411,6 +415,44 @@ static int aws_set(TwinBackend *b, const char *id, const json_t *doc, const json
         return 0;
 }
 
+/* Deletes the shadow (its desired and reported state; AWS keeps counting its version). */
+static int aws_remove(TwinBackend *b, const char *id)
+{
+        AwsBackend *a = aws(b);
+        _cleanup_json_ json_t *body = json_object();
+        Thing *t = NULL;
+        int r;
+
+        for (size_t i = 0; i < a->n_things; i++)
+                if (strcmp(a->things[i].name, id) == 0)
+                        t = &a->things[i];
+        if (!t || !body)
+                return log_error_errno(-ENOMEM, "Out of memory");
+        a->set_done = false;
+        r = publish_request(a, t, "delete", body, a->set_token, sizeof(a->set_token));
+        if (r < 0)
+                return r;
+        r = broker_session_wait(a->session, set_answered, a,
+                                twinctl_deadline(a->args, TWINCTL_CONNECT_TIMEOUT_MS));
+        if (r == -ETIMEDOUT)
+                log_error("AWS IoT did not answer the shadow delete of %s in time", id);
+        if (r < 0)
+                return r;
+        if (a->set_code == 404) {
+                log_error("thing %s has no shadow on AWS IoT (404)", id);
+                return -ENOENT;
+        }
+        if (a->set_code != 0) {
+                log_error("AWS IoT refused the shadow delete of %s: %ld %s", id, a->set_code,
+                          a->set_message);
+                return a->set_code == 401 || a->set_code == 403 ? -EACCES : -EPROTO;
+        }
+        json_decref(t->desired);
+        t->desired = NULL;
+        json_object_del(a->map, id);
+        return 0;
+}
+
 static bool aws_acknowledged(const TwinBackend *b)
 {
         return ((const AwsBackend *)b)->acknowledged;
@@ -439,6 +481,7 @@ const TwinBackendImpl twinctl_backend_aws = {
         .open = aws_open,
         .set = aws_set,
         .acknowledged = aws_acknowledged,
+        .remove = aws_remove,
         .wait = aws_wait,
         .devices = aws_devices,
         .address = aws_address,

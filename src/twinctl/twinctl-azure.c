@@ -668,6 +668,37 @@ static int azure_set(TwinBackend *b, const char *id, const json_t *doc, const js
         return azure_learn(a, resp.body);
 }
 
+/* A twin lives as long as its device identity: Devices - Delete Identity, unconditionally
+ * (If-Match: *), which takes the device's modules along. Needs RegistryWrite. */
+static int azure_remove(TwinBackend *b, const char *id)
+{
+        AzureBackend *a = azure(b);
+        _cleanup_(response_done) Response resp = { 0 };
+        _cleanup_free_ char *enc = sas_url_encode(id), *path = NULL;
+        const char *headers[] = { "If-Match: \"*\"", NULL };
+        char msg[400];
+        int r;
+
+        if (!enc || asprintf(&path, "/devices/%s", enc) < 0)
+                return log_error_errno(-ENOMEM, "Out of memory");
+        r = azure_request(a, "DELETE", path, NULL, NULL, headers,
+                          twinctl_deadline(a->args, TWINCTL_CONNECT_TIMEOUT_MS), &resp);
+        if (r < 0)
+                return r;
+        if (resp.status == 401 || resp.status == 403) {
+                error_text(resp.body, msg, sizeof(msg));
+                log_error("IoT Hub %s refused to delete the device identity %s: %ld %s (deleting "
+                          "needs a policy with RegistryWrite)",
+                          a->cs.host_name, id, resp.status, msg);
+                return -EACCES;
+        }
+        r = azure_status_error(a, &resp, "the identity delete", id);
+        if (r < 0)
+                return r;
+        json_object_del(a->map, id);
+        return 0;
+}
+
 static bool azure_acknowledged(const TwinBackend *b)
 {
         return ((const AzureBackend *)b)->acknowledged;
@@ -750,6 +781,7 @@ const TwinBackendImpl twinctl_backend_azure = {
         .open = azure_open,
         .set = azure_set,
         .acknowledged = azure_acknowledged,
+        .remove = azure_remove,
         .wait = azure_wait,
         .query = azure_query,
         .devices = azure_devices,

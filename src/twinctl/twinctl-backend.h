@@ -75,6 +75,10 @@ typedef struct TwinBackendImpl {
          * or a lost service (a logged negative errno). */
         int (*wait)(TwinBackend *b, bool (*done)(void *userdata), void *userdata,
                     uint64_t deadline_ms);
+        /* Optional: removes the twin of id, opened before, from the service: the broker's
+         * retained documents, IoT Hub's device identity (a twin lives as long as it), AWS IoT's
+         * shadow. Returns 0 or a logged negative errno (-ENOENT: not there). */
+        int (*remove)(TwinBackend *b, const char *id);
         /* Optional (TWIN_BACKEND_QUERY): the rows of the service's own query. */
         int (*query)(TwinBackend *b, const char *query, json_t **ret_rows);
         /* The devices map: id -> {"desired", "reported", "connection"}. Borrowed. */

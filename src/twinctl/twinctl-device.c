@@ -381,6 +381,24 @@ int device_last_config_id(const json_t *desired, const json_t *reported, int64_t
         return found;
 }
 
+bool device_never_connected(const json_t *connection, const json_t *reported)
+{
+        const char *last = json_string_value(json_object_get(connection, "lastActivity"));
+        const char *key;
+        json_t *v;
+
+        if (device_reported_status(reported))
+                return false;
+        json_object_foreach ((json_t *)reported, key, v)
+                if (key[0] != '$')
+                        return false;
+        if (!connection)
+                return true;
+        if (device_is_online(connection) || json_object_get(connection, "since"))
+                return false;
+        return !last || strncmp(last, "0001-", 5) == 0;
+}
+
 bool device_is_online(const json_t *connection)
 {
         const char *s = json_string_value(json_object_get(connection, "state"));

@@ -94,5 +94,10 @@ int64_t device_last_version(const json_t *desired, const json_t *reported);
 int device_last_config_id(const json_t *desired, const json_t *reported, int64_t *ret,
                           const json_t **ret_non_integer);
 
+/* Whether nothing shows the device ever connected: no $status and no reported properties, and
+ * a connection document that is absent or says it never was (IoT Hub's last activity in year
+ * 1). A set then most likely names a device that does not exist. */
+bool device_never_connected(const json_t *connection, const json_t *reported);
+
 /* Whether the connection document says online. */
 bool device_is_online(const json_t *connection);

@@ -692,6 +692,12 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
 
         current = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_DESIRED);
         reported = device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_REPORTED);
+        if (device_never_connected(
+                device_entry_get(service_entry(&s, s.device_id), DEVICE_KIND_CONNECTION), reported))
+                log_warning("%s has never connected (nothing on %s says it did): check the device "
+                            "id; the desired document waits there until a device of that id "
+                            "connects",
+                            s.device_id, impl->address(s.backend));
         current_props = current ? json_deep_copy(current) : json_object();
         if (!current_props)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
@@ -700,7 +706,8 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         doc = json_deep_copy(current_props);
         if (!doc)
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
-        if (!current && reported && json_object_size(reported_props = twin_properties(reported)))
+        if (!current && reported &&
+            json_object_size(reported_props = device_reported_properties(reported, false)))
                 log_warning("%s has no desired document (lost or never set) but reports "
                             "properties: the new desired document holds only what this set "
                             "gives",
@@ -717,7 +724,9 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                 if (json_object_set(doc, "configId", config_id) < 0)
                         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
         } else if (reported && json_equal(twin_config_id(doc), twin_config_id(reported)) &&
-                   !twin_properties_equal(doc, reported)) {
+                   (reported_props ||
+                    (reported_props = device_reported_properties(reported, false))) &&
+                   !twin_properties_equal(doc, reported_props)) {
                 _cleanup_free_ char *v = output_value(twin_config_id(doc), false);
                 log_warning("configId %s is the one %s already runs: the device answers without "
                             "applying the other properties (leave configId out to get a new one)",
@@ -863,6 +872,76 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
                 break;
         }
         return TWINCTL_EXIT_SUCCESS;
+}
+
+/* ---- delete ------------------------------------------------------------------------------- */
+
+/* Removes one device's twin; returns an exit code. */
+static int delete_one(const TwinctlArgs *args, const char *id)
+{
+        _cleanup_(service_done) Service s = { .args = args, .wait_version = -1, .device_id = id };
+        json_t *entry, *connection;
+        int r;
+
+        r = service_open(&s, id, NULL, false);
+        if (r != 0)
+                return r;
+        entry = service_entry(&s, id);
+        connection = device_entry_get(entry, DEVICE_KIND_CONNECTION);
+        if (!device_entry_get(entry, DEVICE_KIND_DESIRED) &&
+            !device_entry_get(entry, DEVICE_KIND_REPORTED) && !connection) {
+                log_error("device %s not found: no twin of it on %s", id,
+                          s.backend->impl->address(s.backend));
+                return TWINCTL_EXIT_NOT_FOUND;
+        }
+        /* Its agent publishes its documents again on its next connect: the twin would come
+         * back, half of it. */
+        if (device_is_online(connection) && !args->force) {
+                log_error("%s is online: its agent would publish its twin again; stop it first, "
+                          "or delete anyway with --force",
+                          id);
+                return TWINCTL_EXIT_FAILURE;
+        }
+        r = s.backend->impl->remove(s.backend, id);
+        if (r < 0)
+                return twin_backend_error_to_exit(r);
+        if (args->json) {
+                _cleanup_json_ json_t *j = json_pack("{s:s,s:b}", "deviceId", id, "deleted", 1);
+
+                if (!j || output_json_line(j) < 0)
+                        return TWINCTL_EXIT_FAILURE;
+        } else
+                printf("Deleted the twin of %s on %s%s\n", id, s.backend->impl->address(s.backend),
+                       connection ? "" : " (the service does not say whether it is connected)");
+        return TWINCTL_EXIT_SUCCESS;
+}
+
+int verb_delete(int argc, char **argv, const TwinctlArgs *args)
+{
+        const TwinBackendImpl *impl = twin_backend_for(args);
+        int worst = TWINCTL_EXIT_SUCCESS;
+
+        if (argc < 2) {
+                log_error("delete needs at least one DEVICE");
+                return TWINCTL_EXIT_USAGE;
+        }
+        if (!impl->remove) {
+                log_error("delete is not available on %s", impl->name);
+                return TWINCTL_EXIT_USAGE;
+        }
+        for (int i = 1; i < argc; i++)
+                if (check_device_id(argv[i]) < 0)
+                        return TWINCTL_EXIT_USAGE;
+        /* Every device is tried; the exit status is that of the first that failed. */
+        for (int i = 1; i < argc; i++) {
+                int r = delete_one(args, argv[i]);
+
+                if (r == TWINCTL_EXIT_UNREACHABLE || r == TWINCTL_EXIT_ACCESS_DENIED)
+                        return r; /* the next one would fail the same way */
+                if (worst == TWINCTL_EXIT_SUCCESS)
+                        worst = r;
+        }
+        return worst;
 }
 
 /* ---- list --------------------------------------------------------------------------------- */

@@ -141,6 +141,26 @@ static int standard_set(TwinBackend *b, const char *id, const json_t *doc, const
         return 0;
 }
 
+/* Deletes the three retained messages (an empty retained payload is MQTT's delete), each
+ * acknowledged by the broker. */
+static int standard_remove(TwinBackend *b, const char *id)
+{
+        StandardBackend *sb = standard(b);
+        int r;
+
+        for (enum DeviceKind k = 0; k < _DEVICE_KIND_MAX; k++) {
+                _cleanup_free_ char *topic = device_topic(sb->args->topic_root, id, k);
+
+                if (!topic)
+                        return log_error_errno(-ENOMEM, "Out of memory");
+                r = broker_session_publish(sb->session, topic, NULL, 0, true,
+                                           twinctl_deadline(sb->args, TWINCTL_CONNECT_TIMEOUT_MS));
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static bool standard_acknowledged(const TwinBackend *b)
 {
         return broker_session_published(((const StandardBackend *)b)->session);
@@ -169,6 +189,7 @@ const TwinBackendImpl twinctl_backend_broker = {
         .open = standard_open,
         .set = standard_set,
         .acknowledged = standard_acknowledged,
+        .remove = standard_remove,
         .wait = standard_wait,
         .devices = standard_devices,
         .address = standard_address,

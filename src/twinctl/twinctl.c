@@ -45,6 +45,7 @@ enum VerbOption {
         VERB_OPTION_FILTERS = 1 << 3,
         VERB_OPTION_DEVICES = 1 << 4,
         VERB_OPTION_FILE = 1 << 5,
+        VERB_OPTION_FORCE = 1 << 6,
 };
 
 typedef struct Verb {
@@ -60,6 +61,7 @@ static const Verb verbs[] = {
         { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED },
         { "list", verb_list, true, VERB_OPTION_FILTERS | VERB_OPTION_DEVICES },
         { "query", verb_query, true, 0 },
+        { "delete", verb_delete, true, VERB_OPTION_FORCE },
         { "status", verb_status, false, 0 },
         { "events", verb_events, false, 0 },
         { "reapply", verb_reapply, false, 0 },
@@ -82,6 +84,8 @@ static void help(void)
                "  watch DEVICE                Print each change of the twin as it happens\n"
                "  list                        Every device under the topic root (or the hub's)\n"
                "  query QUERY                 IoT Hub: run a query ('SELECT * FROM devices ...')\n"
+               "  delete DEVICE...            Remove the twins (IoT Hub: the device identities;\n"
+               "                              AWS IoT: the shadows); not of online devices\n"
                "\n"
                "Device side (through the agent's control socket):\n"
                "  status                      The agent's state\n"
@@ -121,6 +125,7 @@ static void help(void)
                "     --failed                 list: devices whose $status is failed\n"
                "     --offline                list: devices not online\n"
                "     --devices                list: only the DEVICEs given after the options\n"
+               "     --force                  delete: also devices that are online\n"
                "\n"
                "Exit status:\n"
                "  0 success                   5 version conflict\n"
@@ -211,6 +216,7 @@ enum {
         ARG_DIALECT,
         ARG_SHADOW,
         ARG_DEVICES,
+        ARG_FORCE,
         ARG_FILE,
 };
 
@@ -242,6 +248,7 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "dialect", required_argument, NULL, ARG_DIALECT },
                 { "shadow", required_argument, NULL, ARG_SHADOW },
                 { "devices", no_argument, NULL, ARG_DEVICES },
+                { "force", no_argument, NULL, ARG_FORCE },
                 { "file", required_argument, NULL, ARG_FILE },
                 { NULL, 0, NULL, 0 },
         };
@@ -329,6 +336,9 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_SHADOW:
                         r = set_arg(&a->shadow, optarg);
                         break;
+                case ARG_FORCE:
+                        a->force = true;
+                        break;
                 case ARG_DEVICES:
                         a->list_devices = true;
                         break;
@@ -377,12 +387,14 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                 { VERB_OPTION_FILTERS, "--pending, --failed and --offline" },
                 { VERB_OPTION_DEVICES, "--devices" },
                 { VERB_OPTION_FILE, "--file" },
+                { VERB_OPTION_FORCE, "--force" },
         };
         unsigned given =
             (a->wait ? VERB_OPTION_WAIT : 0) | (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
             (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
             (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0) |
-            (a->list_devices ? VERB_OPTION_DEVICES : 0) | (a->set_file ? VERB_OPTION_FILE : 0);
+            (a->list_devices ? VERB_OPTION_DEVICES : 0) | (a->set_file ? VERB_OPTION_FILE : 0) |
+            (a->force ? VERB_OPTION_FORCE : 0);
 
         for (size_t i = 0; i < ARRAY_SIZE(names); i++)
                 if ((given & names[i].flag) && !(v->options & names[i].flag)) {

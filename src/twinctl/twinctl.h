@@ -61,6 +61,7 @@ typedef struct TwinctlArgs {
         bool filter_failed;
         bool filter_offline;
         bool list_devices; /* list --devices ID... */
+        bool force;        /* delete --force */
         char *set_file;    /* set --file FILE: a JSON object as the patch ("-": stdin) */
 } TwinctlArgs;
 
@@ -74,6 +75,7 @@ int verb_status(int argc, char **argv, const TwinctlArgs *args);
 int verb_events(int argc, char **argv, const TwinctlArgs *args);
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args);
 int verb_report(int argc, char **argv, const TwinctlArgs *args);
+int verb_delete(int argc, char **argv, const TwinctlArgs *args);
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 uint64_t now_ms(void);

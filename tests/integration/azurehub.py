@@ -88,6 +88,7 @@ class AzureHub:
         self.requested_https_port = https_port
         self.owner_key = random_key()
         self.device_policy_key = random_key()
+        self.service_policy_key = random_key()  # "service": ServiceConnect only
         self.log_file = os.path.join(self.dir, "emulator.log")
         self.proc = None
         self.ready = None
@@ -124,7 +125,8 @@ class AzureHub:
             "httpsPort": self.requested_https_port,
             "policies": [
                 {"name": "iothubowner", "primaryKey": self.owner_key, "rights": ALL_RIGHTS},
-                {"name": "service", "primaryKey": random_key(), "rights": ["ServiceConnect"]},
+                {"name": "service", "primaryKey": self.service_policy_key,
+                 "rights": ["ServiceConnect"]},
                 {"name": "device", "primaryKey": self.device_policy_key,
                  "rights": ["DeviceConnect"]},
                 {"name": "registryRead", "primaryKey": random_key(), "rights": ["RegistryRead"]},

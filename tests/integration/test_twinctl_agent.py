@@ -289,3 +289,39 @@ def test_events_follow_an_apply(broker, agent, running):
             proc.kill()
             raise
     assert rc == EXIT_OK, proc.stderr.read()
+
+
+def test_delete_removes_the_twin_of_a_device_that_is_gone(broker, agent, service, running):
+    r = twinctl(broker, "set", agent.device_id, "mode=eco", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    # Online: its agent would publish the twin again, so delete says no.
+    r = twinctl(broker, "delete", agent.device_id)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "is online" in r.stderr and "--force" in r.stderr, r.stderr
+    assert get_json(broker, agent.device_id)["desired"]["mode"] == "eco"
+
+    agent.signal(signal.SIGTERM)
+    assert agent.wait_exit() == 0
+    service.wait_connection("offline")
+    r = twinctl(broker, "delete", agent.device_id, "ghost-never-was")
+    assert r.returncode == EXIT_NOT_FOUND, (r.returncode, r.stderr)
+    assert f"Deleted the twin of {agent.device_id}" in r.stdout, r.stdout
+    assert "device ghost-never-was not found" in r.stderr, r.stderr
+    r = twinctl(broker, "get", agent.device_id)
+    assert r.returncode == EXIT_NOT_FOUND, (r.returncode, r.stdout)
+    r = twinctl(broker, "list", "--json")
+    assert json.loads(r.stdout) == [], r.stdout
+
+
+def test_delete_force_and_a_set_to_a_device_that_never_connected(broker, agent, running):
+    r = twinctl(broker, "delete", agent.device_id, "--force")
+    assert r.returncode == EXIT_OK, r.stderr
+    r = twinctl(broker, "get", agent.device_id)
+    assert r.returncode == EXIT_NOT_FOUND, r.stdout
+    # A set to an id nothing ever came from is published, with a warning (a typo?).
+    r = twinctl(broker, "set", "dev-l", "mode=eco")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "dev-l has never connected" in r.stderr, r.stderr
+    # The agent forced out of its twin still runs and takes a new desired document.
+    r = twinctl(broker, "set", agent.device_id, "mode=eco", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr

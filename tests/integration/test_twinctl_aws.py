@@ -168,3 +168,14 @@ def test_device_reported_properties_reach_the_shadow(tmp_path, emu, aws, make_ap
         assert r.returncode == EXIT_OK, r.stderr
     finally:
         agent.cleanup()
+
+
+def test_delete_removes_the_shadow(emu, aws):
+    assert aws("set", THING, "mode=eco").returncode == EXIT_OK
+    assert emu.shadow()["exists"], emu.shadow()
+    r = aws("delete", THING)
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "does not say whether it is connected" in r.stdout, r.stdout
+    assert not emu.shadow()["exists"], emu.shadow()
+    r = aws("delete", THING)
+    assert r.returncode == 6 and "not found" in r.stderr, (r.returncode, r.stderr)

@@ -231,3 +231,22 @@ def test_device_reported_properties_reach_the_hub_apart_from_the_configuration(h
     assert "drifted" not in r.stdout and "DEVICE PROPERTY" in r.stdout, r.stdout
     r = az("get", DEVICE, "--json")
     assert json.loads(r.stdout)["deviceProperties"]["firmware"] == "1.4.2", r.stdout
+
+
+def test_delete_removes_the_device_identity(tmp_path, hub, az, device):
+    agent, apply = device
+    r = az("delete", DEVICE)
+    assert r.returncode == 1 and "is online" in r.stderr, (r.returncode, r.stderr)
+    # Deleting needs RegistryWrite, which the "service" policy does not grant.
+    path = tmp_path / "service-only.conn"
+    path.write_text(hub.service_connection_string(policy="service", key=hub.service_policy_key)
+                    + f";GatewayHostName=localhost:{hub.https_port}\n")
+    path.chmod(0o600)
+    r = az("delete", DEVICE, "--force", conn_file=str(path))
+    assert r.returncode == 8 and "RegistryWrite" in r.stderr, (r.returncode, r.stderr)
+    r = az("delete", DEVICE, "--force")
+    assert r.returncode == EXIT_OK, r.stderr
+    with pytest.raises(KeyError):
+        hub.identity(DEVICE)
+    r = az("get", DEVICE)
+    assert r.returncode == 6, (r.returncode, r.stderr)
