@@ -371,32 +371,55 @@ static bool set_answered(void *userdata)
         return ((AwsBackend *)userdata)->set_done;
 }
 
+static Thing *thing_named(AwsBackend *a, const char *id)
+{
+        for (size_t i = 0; i < a->n_things; i++)
+                if (strcmp(a->things[i].name, id) == 0)
+                        return &a->things[i];
+        return NULL;
+}
+
+/* Sends an update or delete of t's shadow and waits for AWS's answer: 0 with a->set_code
+ * (0 accepted, else AWS's error code), or a logged negative errno. */
+static int shadow_request(AwsBackend *a, Thing *t, const char *op, json_t *body)
+{
+        int r;
+
+        a->set_done = false;
+        r = publish_request(a, t, op, body, a->set_token, sizeof(a->set_token));
+        if (r < 0)
+                return r;
+        r = broker_session_wait(a->session, set_answered, a,
+                                twinctl_deadline(a->args, TWINCTL_CONNECT_TIMEOUT_MS));
+        if (r == -ETIMEDOUT)
+                log_error("AWS IoT did not answer the shadow %s of %s in time", op, t->name);
+        return r;
+}
+
+/* An error answer to a shadow request, logged; -EACCES for 401 and 403. */
+static int shadow_refused(const AwsBackend *a, const char *op, const char *id)
+{
+        log_error("AWS IoT refused the shadow %s of %s: %ld %s", op, id, a->set_code,
+                  a->set_message);
+        return a->set_code == 401 || a->set_code == 403 ? -EACCES : -EPROTO;
+}
+
 static int aws_set(TwinBackend *b, const char *id, const json_t *doc, const json_t *patch,
                    int64_t next_version, int64_t if_version, int64_t *ret_version)
 {
         AwsBackend *a = aws(b);
         _cleanup_json_ json_t *body = json_pack("{s:{s:O}}", "state", "desired", patch);
-        Thing *t = NULL;
+        Thing *t = thing_named(a, id);
         int r;
 
-        for (size_t i = 0; i < a->n_things; i++)
-                if (strcmp(a->things[i].name, id) == 0)
-                        t = &a->things[i];
         if (!t || !body)
                 return log_error_errno(-ENOMEM, "Out of memory");
         /* --if-version is AWS's own compare-and-set: the update carries the shadow version
          * the caller saw, and AWS refuses it (409) when the shadow moved since. */
         if (if_version >= 0 && json_object_set_new(body, "version", json_integer(if_version)) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory");
-        a->set_done = false;
         a->acknowledged = false;
-        r = publish_request(a, t, "update", body, a->set_token, sizeof(a->set_token));
-        if (r < 0)
-                return r;
-        r = broker_session_wait(a->session, set_answered, a,
-                                twinctl_deadline(a->args, TWINCTL_CONNECT_TIMEOUT_MS));
-        if (r == -ETIMEDOUT)
-                log_error("AWS IoT did not answer the shadow update of %s in time", id);
+        r = shadow_request(a, t, "update", body);
         if (r < 0)
                 return r;
         if (a->set_code == 409) {
@@ -405,11 +428,8 @@ static int aws_set(TwinBackend *b, const char *id, const json_t *doc, const json
                           id, if_version);
                 return -ESTALE;
         }
-        if (a->set_code != 0) {
-                log_error("AWS IoT refused the shadow update of %s: %ld %s", id, a->set_code,
-                          a->set_message);
-                return a->set_code == 401 || a->set_code == 403 ? -EACCES : -EPROTO;
-        }
+        if (a->set_code != 0)
+                return shadow_refused(a, "update", id);
         *ret_version = a->set_version;
         a->acknowledged = true;
         return 0;
@@ -420,33 +440,20 @@ static int aws_remove(TwinBackend *b, const char *id)
 {
         AwsBackend *a = aws(b);
         _cleanup_json_ json_t *body = json_object();
-        Thing *t = NULL;
+        Thing *t = thing_named(a, id);
         int r;
 
-        for (size_t i = 0; i < a->n_things; i++)
-                if (strcmp(a->things[i].name, id) == 0)
-                        t = &a->things[i];
         if (!t || !body)
                 return log_error_errno(-ENOMEM, "Out of memory");
-        a->set_done = false;
-        r = publish_request(a, t, "delete", body, a->set_token, sizeof(a->set_token));
-        if (r < 0)
-                return r;
-        r = broker_session_wait(a->session, set_answered, a,
-                                twinctl_deadline(a->args, TWINCTL_CONNECT_TIMEOUT_MS));
-        if (r == -ETIMEDOUT)
-                log_error("AWS IoT did not answer the shadow delete of %s in time", id);
+        r = shadow_request(a, t, "delete", body);
         if (r < 0)
                 return r;
         if (a->set_code == 404) {
                 log_error("thing %s has no shadow on AWS IoT (404)", id);
                 return -ENOENT;
         }
-        if (a->set_code != 0) {
-                log_error("AWS IoT refused the shadow delete of %s: %ld %s", id, a->set_code,
-                          a->set_message);
-                return a->set_code == 401 || a->set_code == 403 ? -EACCES : -EPROTO;
-        }
+        if (a->set_code != 0)
+                return shadow_refused(a, "delete", id);
         json_decref(t->desired);
         t->desired = NULL;
         json_object_del(a->map, id);
