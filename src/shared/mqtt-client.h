@@ -72,6 +72,10 @@ typedef struct MqttClientCallbacks {
          * MqttClientOptions.username and .password. */
         int (*credentials)(MqttClient *c, char **ret_username, char **ret_password, char *err,
                            size_t errlen, void *userdata);
+        /* Optional, with MqttClientOptions.will_topic: the will payload of the next connection
+         * attempt, called before each one (a will that says when its connection began).
+         * Returns a malloc'd string, or NULL to keep MqttClientOptions.will_payload. */
+        char *(*will)(MqttClient *c, void *userdata);
 } MqttClientCallbacks;
 
 /* The granted QoS of a refused subscription in MqttClientCallbacks.subscribed. */

@@ -445,22 +445,28 @@ static int azure_query_all(AzureBackend *a, const char *query, uint64_t deadline
         }
 }
 
-/* The query list starts from: state filters that IoT Hub can evaluate go to its WHERE. */
+/* The query list starts from: what of the filters IoT Hub can evaluate goes to its WHERE, as a
+ * superset of what list shows (list applies the filters itself again). "pending" is any state
+ * but the two, so with it the state cannot narrow the query. */
 static char *list_query(const TwinBackendFilter *f)
 {
+        const char *state = NULL, *conn = NULL;
         char *q = NULL;
 
-        if (f->failed && !f->pending)
-                q = strdup(f->offline
-                               ? "SELECT * FROM devices WHERE properties.reported." STATUS_PROPERTY
-                                 ".state = 'failed' AND connectionState "
-                                 "= 'Disconnected'"
-                               : "SELECT * FROM devices WHERE properties.reported." STATUS_PROPERTY
-                                 ".state = 'failed'");
-        else if (f->offline)
-                q = strdup("SELECT * FROM devices WHERE connectionState = 'Disconnected'");
-        else
-                q = strdup("SELECT * FROM devices");
+        if (!f->pending && f->failed && f->success)
+                state = "(properties.reported." STATUS_PROPERTY ".state = 'failed' OR "
+                        "properties.reported." STATUS_PROPERTY ".state = 'success')";
+        else if (!f->pending && f->failed)
+                state = "properties.reported." STATUS_PROPERTY ".state = 'failed'";
+        else if (!f->pending && f->success)
+                state = "properties.reported." STATUS_PROPERTY ".state = 'success'";
+        if (f->offline)
+                conn = "connectionState = 'Disconnected'";
+        else if (f->online)
+                conn = "connectionState = 'Connected'";
+        if (asprintf(&q, "SELECT * FROM devices%s%s%s%s", state || conn ? " WHERE " : "",
+                     state ? state : "", state && conn ? " AND " : "", conn ? conn : "") < 0)
+                return NULL;
         return q;
 }
 

@@ -44,7 +44,7 @@ enum TwinBackendFlag {
 
 /* What list asks for, so that a back end can filter at the service where it can. */
 typedef struct TwinBackendFilter {
-        bool pending, failed, offline;
+        bool pending, failed, success, offline, online;
         char *const *ids; /* NULL: every device; else only these (NULL-terminated) */
         /* Only what list shows is read from the entries (see device_map_update_summary()): a
          * back end may keep that much of each document instead of the whole. */

@@ -102,9 +102,11 @@ fail:
 static json_t *summarize(enum DeviceKind kind, const json_t *doc)
 {
         static const char *const desired[] = { "$version", "configId", NULL };
-        static const char *const reported[] = { "configId", NULL };
-        static const char *const status[] = { "state", "desiredVersion", "configId", NULL };
-        static const char *const connection[] = { "state", NULL };
+        static const char *const reported[] = { "$version", "configId", NULL };
+        static const char *const status[] = { "state", "desiredVersion",   "configId",
+                                              "error", "deviceProperties", NULL };
+        static const char *const connection[] = { "state", "since", "connectedSince",
+                                                  "lastActivity", NULL };
         json_t *o, *st;
 
         switch (kind) {
@@ -397,6 +399,32 @@ bool device_never_connected(const json_t *connection, const json_t *reported)
         if (device_is_online(connection) || json_object_get(connection, "since"))
                 return false;
         return !last || strncmp(last, "0001-", 5) == 0;
+}
+
+bool device_last_seen(const json_t *connection, const char **ret_time, bool *ret_exact)
+{
+        const char *since = json_string_value(json_object_get(connection, "since"));
+        const char *last = json_string_value(json_object_get(connection, "lastActivity"));
+        const char *after = json_string_value(json_object_get(connection, "connectedSince"));
+
+        *ret_time = NULL;
+        *ret_exact = true;
+        if (device_is_online(connection))
+                return true;
+        if (last && strncmp(last, "0001-", 5) != 0) {
+                *ret_time = last;
+                return true;
+        }
+        if (since && strncmp(since, "0001-", 5) != 0) {
+                *ret_time = since;
+                return true;
+        }
+        if (after) {
+                *ret_time = after;
+                *ret_exact = false;
+                return true;
+        }
+        return false;
 }
 
 bool device_is_online(const json_t *connection)

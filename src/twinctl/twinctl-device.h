@@ -99,5 +99,11 @@ int device_last_config_id(const json_t *desired, const json_t *reported, int64_t
  * 1). A set then most likely names a device that does not exist. */
 bool device_never_connected(const json_t *connection, const json_t *reported);
 
+/* When the device was last seen, from its connection document: the time of an online one (or
+ * of the list, now), an offline one's "since" or IoT Hub's last activity, or a lower bound from
+ * a will's "connectedSince" (the lost connection began then: the device was seen after it).
+ * *ret_time is borrowed from connection (NULL for now); false when nothing says. */
+bool device_last_seen(const json_t *connection, const char **ret_time, bool *ret_exact);
+
 /* Whether the connection document says online. */
 bool device_is_online(const json_t *connection);

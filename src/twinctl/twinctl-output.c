@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "json-util.h"
@@ -222,4 +223,33 @@ void output_fields(size_t n, char *const *keys, char *const *values)
         for (size_t i = 0; i < n; i++)
                 printf("%*s: %s\n", (int)width, keys[i], values[i] ? values[i] : "-");
         fflush(stdout);
+}
+
+char *output_ago(const char *iso, time_t now, char *buf, size_t len)
+{
+        struct tm tm = { 0 };
+        const char *rest;
+        time_t t;
+        long d;
+
+        if (!iso)
+                return NULL;
+        rest = strptime(iso, "%Y-%m-%dT%H:%M:%S", &tm);
+        if (!rest)
+                return NULL;
+        if (*rest == '.')
+                rest += 1 + strspn(rest + 1, "0123456789");
+        if (strcmp(rest, "Z") != 0)
+                return NULL;
+        t = timegm(&tm);
+        d = t < now ? (long)(now - t) : 0;
+        if (d < 120)
+                snprintf(buf, len, "%lds ago", d);
+        else if (d < 120 * 60)
+                snprintf(buf, len, "%ldm ago", d / 60);
+        else if (d < 48 * 3600)
+                snprintf(buf, len, "%ldh ago", d / 3600);
+        else
+                snprintf(buf, len, "%ldd ago", d / 86400);
+        return buf;
 }

@@ -5,6 +5,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <time.h>
 #include <stddef.h>
 
 enum OutputColor {
@@ -46,6 +47,11 @@ char *output_value(const json_t *v, bool bare);
  * ESC) and each byte of invalid UTF-8 becomes '?'. For every string that came from the broker or
  * the agent. Accepts NULL; returns s. */
 char *output_sanitize(char *s);
+
+/* Writes how long ago the ISO 8601 UTC time iso was, seen from now: "12s ago", "5m ago",
+ * "3h ago", "2d ago" ("0s ago" for a time ahead of now). Returns buf, or NULL when iso is not
+ * such a time (fractions of seconds allowed). */
+char *output_ago(const char *iso, time_t now, char *buf, size_t len);
 
 typedef struct Table Table;
 

@@ -2,10 +2,12 @@
 /* The service-side verbs: get, set, watch, list and query, through a back end
  * (twinctl-backend.h): the broker, IoT Hub or AWS IoT. */
 #include <errno.h>
+#include <fnmatch.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "json-util.h"
 #include "log.h"
@@ -18,6 +20,9 @@
 #include "strv.h"
 #include "twinctl.h"
 #include "utf8.h"
+
+/* Longest error shown in list's ERROR column; get shows the whole. */
+#define LIST_ERROR_MAX 48
 
 typedef struct Service {
         const TwinctlArgs *args;
@@ -948,16 +953,58 @@ int verb_delete(int argc, char **argv, const TwinctlArgs *args)
 
 static bool list_matches(const TwinctlArgs *args, enum DeviceState state, bool online)
 {
-        /* The state filters widen each other (OR); --offline narrows them (AND). */
-        /* Drifted has not converged: it is listed as pending. */
-        if ((args->filter_pending || args->filter_failed) &&
+        /* The state filters widen each other (OR); the connection filters narrow them (AND).
+         * Drifted has not converged: it is listed as pending. */
+        if ((args->filter_pending || args->filter_failed || args->filter_success) &&
             !((args->filter_pending &&
                (state == DEVICE_STATE_PENDING || state == DEVICE_STATE_DRIFTED)) ||
-              (args->filter_failed && state == DEVICE_STATE_FAILED)))
+              (args->filter_failed && state == DEVICE_STATE_FAILED) ||
+              (args->filter_success && state == DEVICE_STATE_SUCCESS)))
                 return false;
         if (args->filter_offline && online)
                 return false;
+        if (args->filter_online && !online)
+                return false;
         return true;
+}
+
+/* Whether id matches one of the shell patterns (NULL: no patterns, every id). */
+static bool list_pattern_matches(char *const *patterns, const char *id)
+{
+        if (!patterns)
+                return true;
+        for (; *patterns; patterns++)
+                if (fnmatch(*patterns, id, 0) == 0)
+                        return true;
+        return false;
+}
+
+/* The counts of the summary line under the table. */
+typedef struct ListCounts {
+        size_t devices, states[DEVICE_STATE_DRIFTED + 1], online, offline;
+} ListCounts;
+
+static void list_print_summary(const ListCounts *c)
+{
+        printf("\n%zu device%s: %zu converged, %zu pending, %zu failed, %zu drifted", c->devices,
+               c->devices == 1 ? "" : "s", c->states[DEVICE_STATE_SUCCESS],
+               c->states[DEVICE_STATE_PENDING], c->states[DEVICE_STATE_FAILED],
+               c->states[DEVICE_STATE_DRIFTED]);
+        if (c->states[DEVICE_STATE_NONE] > 0)
+                printf(", %zu without a desired document", c->states[DEVICE_STATE_NONE]);
+        printf("; %zu online, %zu offline\n", c->online, c->offline);
+}
+
+/* The ERROR cell: the first line of a failed device's error, shortened. */
+static char *list_error_cell(const char *error)
+{
+        size_t n = error ? strcspn(error, "\n") : 0;
+
+        if (!error)
+                return NULL;
+        if (n > LIST_ERROR_MAX)
+                n = LIST_ERROR_MAX;
+        return strndup(error, n);
 }
 
 int verb_list(int argc, char **argv, const TwinctlArgs *args)
@@ -968,16 +1015,27 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
         TwinBackendFilter filter = {
                 .pending = args->filter_pending,
                 .failed = args->filter_failed,
+                .success = args->filter_success,
                 .offline = args->filter_offline,
+                .online = args->filter_online,
                 .summary = true,
         };
         _cleanup_free_ const char **ids = NULL;
+        char *const *patterns = NULL;
+        ListCounts counts = { 0 };
+        time_t now = time(NULL);
+        char now_iso[32];
         Table *t = NULL;
-        size_t n, i = 0, shown = 0;
+        size_t n, i = 0;
         const char *id;
         json_t *entry;
         int r;
 
+        twin_format_time(now, now_iso);
+        if (args->filter_online && args->filter_offline) {
+                log_error("--online and --offline exclude each other");
+                return TWINCTL_EXIT_USAGE;
+        }
         if (args->list_devices) {
                 if (argc < 2) {
                         log_error("list --devices needs at least one DEVICE");
@@ -987,16 +1045,15 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
                         if (check_device_id(argv[k]) < 0)
                                 return TWINCTL_EXIT_USAGE;
                 filter.ids = argv + 1;
-        } else if (argc != 1) {
-                log_error("list takes no arguments (or the devices after --devices)");
-                return TWINCTL_EXIT_USAGE;
         } else if (!(impl->flags & TWIN_BACKEND_LIST)) {
                 log_error("listing every device is not available on %s: it needs the service's "
                           "fleet index (HTTPS with SigV4 on AWS IoT), which twinctl does not "
                           "speak; name the devices with list --devices ID...",
                           impl->name);
                 return TWINCTL_EXIT_USAGE;
-        }
+        } else if (argc > 1)
+                patterns = argv + 1; /* list 'sensor-*' */
+
         r = service_open(&s, NULL, &filter, false);
         if (r != 0)
                 return r;
@@ -1004,8 +1061,8 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
         n = json_object_size(s.map);
         ids = calloc(n ? n : 1, sizeof(char *));
         out = json_array();
-        t = table_new(
-            5, (const char *const[]){ "DEVICE", "DESIRED", "REPORTED", "STATE", "CONNECTION" });
+        t = table_new(8, (const char *const[]){ "DEVICE", "DESIRED", "REPORTED", "STATE",
+                                                "CONNECTION", "LAST SEEN", "VERSION", "ERROR" });
         if (!ids || !out || !t) {
                 table_free(t);
                 return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
@@ -1019,56 +1076,93 @@ int verb_list(int argc, char **argv, const TwinctlArgs *args)
 
                 if (filter.ids && !strv_contains(filter.ids, ids[i]))
                         continue;
+                if (!list_pattern_matches(patterns, ids[i]))
+                        continue;
                 json_t *desired = device_entry_get(e, DEVICE_KIND_DESIRED);
                 json_t *reported = device_entry_get(e, DEVICE_KIND_REPORTED);
                 json_t *connection = device_entry_get(e, DEVICE_KIND_CONNECTION);
                 json_t *dcfg = desired ? twin_config_id(desired) : NULL;
                 json_t *rcfg = reported ? twin_config_id(reported) : NULL;
+                json_t *rversion = json_object_get(reported, "$version");
                 enum DeviceState state = device_state(desired, reported);
-                bool online = device_is_online(connection);
+                bool online = device_is_online(connection), exact = true;
                 const char *conn = connection ? (online ? "online" : "offline") : "unknown";
                 const char *state_name = device_state_to_string(state);
-                _cleanup_free_ char *dv = NULL, *rv = NULL;
+                const char *error = state == DEVICE_STATE_FAILED
+                                        ? json_string_value(json_object_get(
+                                              device_reported_status(reported), "error"))
+                                        : NULL;
+                const char *seen = NULL;
+                bool seen_known = device_last_seen(connection, &seen, &exact);
+                _cleanup_free_ char *dv = NULL, *rv = NULL, *ver = NULL, *err = NULL;
+                char ago[32], seen_cell[40];
 
                 if (!desired && !reported && !connection)
                         continue; /* only deleted retained messages left */
                 if (!list_matches(args, state, online))
                         continue;
-                shown++;
+                counts.devices++;
+                counts.states[state]++;
+                if (online)
+                        counts.online++;
+                else
+                        counts.offline++;
+                if (seen_known && !seen)
+                        seen = now_iso; /* online: seen now */
                 if (args->json) {
                         json_t *row = json_pack(
-                            "{s:s,s:O,s:O,s:O,s:o,s:s}", "deviceId", ids[i], "desiredVersion",
+                            "{s:s,s:O,s:O,s:O,s:o,s:s,s:s?,s:b,s:O,s:s?}", "deviceId", ids[i],
+                            "desiredVersion",
                             desired && twin_document_version(desired) >= 0
                                 ? json_object_get(desired, "$version")
                                 : json_null(),
                             "desiredConfigId", dcfg ? dcfg : json_null(), "reportedConfigId",
                             rcfg ? rcfg : json_null(), "state",
                             state == DEVICE_STATE_NONE ? json_null() : json_string(state_name),
-                            "connection", conn);
+                            "connection", conn, "lastSeen", seen, "lastSeenExact", exact,
+                            "reportedVersion", json_is_integer(rversion) ? rversion : json_null(),
+                            "error", error);
                         if (!row || json_array_append_new(out, row) < 0)
                                 goto oom;
                         continue;
                 }
                 dv = dcfg ? output_value(dcfg, true) : NULL;
                 rv = rcfg ? output_value(rcfg, true) : NULL;
-                if (table_add_row(t, (const char *const[]){ ids[i], dv, rv, state_name, conn },
+                ver = json_is_integer(rversion) ? output_value(rversion, true) : NULL;
+                err = list_error_cell(error);
+                if (online)
+                        snprintf(seen_cell, sizeof seen_cell, "now");
+                else if (seen && output_ago(seen, now, ago, sizeof ago))
+                        /* A will only says the lost connection began then: seen since. */
+                        snprintf(seen_cell, sizeof seen_cell, "%s%s", exact ? "" : "<", ago);
+                else
+                        snprintf(seen_cell, sizeof seen_cell, "-");
+                if (table_add_row(t,
+                                  (const char *const[]){ ids[i], dv, rv, state_name, conn,
+                                                         seen_cell, ver, err },
                                   (const enum OutputColor[]){
                                       OUTPUT_COLOR_NONE,
                                       OUTPUT_COLOR_NONE,
                                       OUTPUT_COLOR_NONE,
                                       output_state_color(state_name),
                                       online ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED,
+                                      OUTPUT_COLOR_NONE,
+                                      OUTPUT_COLOR_NONE,
+                                      err ? OUTPUT_COLOR_RED : OUTPUT_COLOR_NONE,
                                   }) < 0)
                         goto oom;
         }
         if (args->json)
                 r = output_json(out) < 0 ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_SUCCESS;
         else {
-                if (shown > 0)
+                if (counts.devices > 0) {
                         table_print(t);
-                else
+                        list_print_summary(&counts);
+                } else
                         printf("No devices%s under %s/ on %s.\n",
-                               args->filter_pending || args->filter_failed || args->filter_offline
+                               args->filter_pending || args->filter_failed ||
+                                       args->filter_success || args->filter_offline ||
+                                       args->filter_online || patterns
                                    ? " match"
                                    : "",
                                args->topic_root, s.backend->impl->address(s.backend));
@@ -1080,8 +1174,6 @@ oom:
         table_free(t);
         return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
 }
-
-/* ---- query -------------------------------------------------------------------------------- */
 
 int verb_query(int argc, char **argv, const TwinctlArgs *args)
 {

@@ -82,7 +82,8 @@ static void help(void)
                "                              otherwise a string; KEY=null deletes; a.b=1\n"
                "                              changes member b of a; write a dot of a name \\.)\n"
                "  watch DEVICE                Print each change of the twin as it happens\n"
-               "  list                        Every device under the topic root (or the hub's)\n"
+               "  list [PATTERN...]           Every device under the topic root (or the hub's),\n"
+               "                              or those whose id matches a shell PATTERN\n"
                "  query QUERY                 IoT Hub: run a query ('SELECT * FROM devices ...')\n"
                "  delete DEVICE...            Remove the twins (IoT Hub: the device identities;\n"
                "                              AWS IoT: the shadows); not of online devices\n"
@@ -123,7 +124,9 @@ static void help(void)
                "                              current desired $version\n"
                "     --pending                list: devices not yet converged\n"
                "     --failed                 list: devices whose $status is failed\n"
+               "     --success                list: devices that converged\n"
                "     --offline                list: devices not online\n"
+               "     --online                 list: devices online\n"
                "     --devices                list: only the DEVICEs given after the options\n"
                "     --force                  delete: also devices that are online\n"
                "\n"
@@ -217,6 +220,8 @@ enum {
         ARG_SHADOW,
         ARG_DEVICES,
         ARG_FORCE,
+        ARG_SUCCESS,
+        ARG_ONLINE,
         ARG_FILE,
 };
 
@@ -249,6 +254,8 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "shadow", required_argument, NULL, ARG_SHADOW },
                 { "devices", no_argument, NULL, ARG_DEVICES },
                 { "force", no_argument, NULL, ARG_FORCE },
+                { "success", no_argument, NULL, ARG_SUCCESS },
+                { "online", no_argument, NULL, ARG_ONLINE },
                 { "file", required_argument, NULL, ARG_FILE },
                 { NULL, 0, NULL, 0 },
         };
@@ -317,6 +324,12 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_OFFLINE:
                         a->filter_offline = true;
                         break;
+                case ARG_SUCCESS:
+                        a->filter_success = true;
+                        break;
+                case ARG_ONLINE:
+                        a->filter_online = true;
+                        break;
                 case ARG_CONFIG:
                         r = set_arg(&a->config_path, optarg);
                         break;
@@ -384,17 +397,20 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                 { VERB_OPTION_WAIT, "--wait" },
                 { VERB_OPTION_IF_VERSION, "--if-version" },
                 { VERB_OPTION_UNTIL_CONVERGED, "--until-converged" },
-                { VERB_OPTION_FILTERS, "--pending, --failed and --offline" },
+                { VERB_OPTION_FILTERS, "--pending, --failed, --success, --offline and --online" },
                 { VERB_OPTION_DEVICES, "--devices" },
                 { VERB_OPTION_FILE, "--file" },
                 { VERB_OPTION_FORCE, "--force" },
         };
-        unsigned given =
-            (a->wait ? VERB_OPTION_WAIT : 0) | (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
-            (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
-            (a->filter_pending || a->filter_failed || a->filter_offline ? VERB_OPTION_FILTERS : 0) |
-            (a->list_devices ? VERB_OPTION_DEVICES : 0) | (a->set_file ? VERB_OPTION_FILE : 0) |
-            (a->force ? VERB_OPTION_FORCE : 0);
+        unsigned given = (a->wait ? VERB_OPTION_WAIT : 0) |
+                         (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
+                         (a->until_converged ? VERB_OPTION_UNTIL_CONVERGED : 0) |
+                         (a->filter_pending || a->filter_failed || a->filter_success ||
+                                  a->filter_offline || a->filter_online
+                              ? VERB_OPTION_FILTERS
+                              : 0) |
+                         (a->list_devices ? VERB_OPTION_DEVICES : 0) |
+                         (a->set_file ? VERB_OPTION_FILE : 0) | (a->force ? VERB_OPTION_FORCE : 0);
 
         for (size_t i = 0; i < ARRAY_SIZE(names); i++)
                 if ((given & names[i].flag) && !(v->options & names[i].flag)) {

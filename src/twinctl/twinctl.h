@@ -60,6 +60,8 @@ typedef struct TwinctlArgs {
         bool filter_pending;
         bool filter_failed;
         bool filter_offline;
+        bool filter_success;
+        bool filter_online;
         bool list_devices; /* list --devices ID... */
         bool force;        /* delete --force */
         char *set_file;    /* set --file FILE: a JSON object as the patch ("-": stdin) */

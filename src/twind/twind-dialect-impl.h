@@ -44,6 +44,8 @@ typedef struct TwinDialectImpl {
         /* Optional: see MqttClientCallbacks.credentials. */
         int (*credentials)(TwinDialect *d, char **ret_username, char **ret_password, char *err,
                            size_t errlen);
+        /* Optional: see MqttClientCallbacks.will. */
+        char *(*will)(TwinDialect *d);
         /* Whether the service would take this reported document: 0, or -E2BIG / -EINVAL with
          * one line in err (see twin_dialect_check_reported()). Called before every
          * publish_reported(), which then need not check again. */

@@ -109,10 +109,32 @@ static int standard_publish_reported(TwinDialect *d, const json_t *reported)
                                    true, NULL);
 }
 
+/* The will of the next connection attempt: when the broker publishes it, the device was last
+ * seen some time after the connection began, which is now. */
+static char *standard_will(TwinDialect *d)
+{
+        char now[32];
+        _cleanup_json_ json_t *doc = NULL;
+
+        twin_format_time(-1, now);
+        doc = json_pack("{s:s, s:s}", "state", "offline", "connectedSince", now);
+        return doc ? json_dumps_compact(doc) : NULL;
+}
+
+/* A clean goodbye knows when it is. */
 static int standard_goodbye(TwinDialect *d, int *ret_mid)
 {
-        return mqtt_client_publish(d->client, standard(d)->topic_connection, OFFLINE_DOCUMENT,
-                                   strlen(OFFLINE_DOCUMENT), 1, true, ret_mid);
+        _cleanup_json_ json_t *doc = NULL;
+        _cleanup_free_ char *text = NULL;
+        char now[32];
+
+        twin_format_time(-1, now);
+        doc = json_pack("{s:s, s:s}", "state", "offline", "since", now);
+        text = doc ? json_dumps_compact(doc) : NULL;
+        if (!text)
+                return -ENOMEM;
+        return mqtt_client_publish(d->client, standard(d)->topic_connection, text, strlen(text), 1,
+                                   true, ret_mid);
 }
 
 static void standard_free(TwinDialect *d)
@@ -207,6 +229,7 @@ const TwinDialectImpl twind_dialect_standard = {
         .message = standard_message,
         .check_reported = standard_check_reported,
         .publish_reported = standard_publish_reported,
+        .will = standard_will,
         .goodbye = standard_goodbye,
         .free = standard_free,
 };

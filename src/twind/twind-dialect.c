@@ -162,6 +162,13 @@ static int on_credentials(MqttClient *c, char **ret_username, char **ret_passwor
         return d->impl->credentials(d, ret_username, ret_password, err, errlen);
 }
 
+static char *on_will(MqttClient *c, void *userdata)
+{
+        TwinDialect *d = userdata;
+
+        return d->impl->will(d);
+}
+
 /* ---- for the dialects ------------------------------------------------------------------------ */
 
 void dialect_init(TwinDialect *d, const TwinDialectImpl *impl, const TwinDialectSetup *setup)
@@ -187,6 +194,8 @@ int dialect_client_new(TwinDialect *d, const MqttClientOptions *o, char *err, si
 
         if (d->impl->credentials)
                 cb.credentials = on_credentials;
+        if (d->impl->will)
+                cb.will = on_will;
         return mqtt_client_new(&d->client, d->loop, o, &cb, d, err, errlen);
 }
 

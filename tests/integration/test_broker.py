@@ -60,7 +60,11 @@ def test_will_reports_offline_when_agent_vanishes(agent, service):
     cmark = service.connection_mark()
     agent.kill()
     service.wait_connection("offline", cmark, timeout=15)
-    assert service.connection_since(cmark)[-1] == {"state": "offline"}
+    will = service.connection_since(cmark)[-1]
+    online = service.connection_since(0)[-2]
+    # The will names when the lost connection began: the device was seen after that.
+    assert set(will) == {"state", "connectedSince"} and will["state"] == "offline", will
+    assert online["state"] == "online" and will["connectedSince"] <= online["since"], (will, online)
 
 
 def test_two_agents_with_the_same_device_id_are_told_apart(agent, service, broker, tmp_path):

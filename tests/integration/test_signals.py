@@ -20,7 +20,11 @@ def test_shutdown_publishes_offline_and_exits_0(agent, service, sig):
     agent.signal(sig)
     assert agent.wait_exit(10) == 0, agent.log_tail()
     service.wait_connection("offline", cmark, timeout=10)
-    assert service.connection_since(cmark)[-1] == {"state": "offline"}
+    goodbye = service.connection_since(cmark)[-1]
+    online = service.connection_since(0)[-2]
+    # A clean goodbye says when: not before the connection began.
+    assert set(goodbye) == {"state", "since"} and goodbye["state"] == "offline", goodbye
+    assert goodbye["since"] >= online["since"], (goodbye, online)
 
 
 EX_CONFIG = 78

@@ -475,11 +475,18 @@ def fleet(client):
     client.publish(topic("bad", "desired"), {"$version": 5, "configId": 5})
     client.publish(topic("bad", "reported"), {"$version": 1, "configId": 4,
                                               "$status": status("failed", 5)})
-    client.publish(topic("bad", "connection"), {"state": "offline"})
+    client.publish(topic("bad", "connection"), {"state": "offline", "since": ago(3 * 3600 + 5)})
     client.publish(topic("idle", "desired"), {"$version": 1, "configId": 9})
     client.publish(topic("idle", "reported"), {"$version": 1, "configId": 9,
                                                "$status": status("success", 1)})
-    client.publish(topic("idle", "connection"), {"state": "offline"})
+    # A will: the lost connection began 10 minutes ago.
+    client.publish(topic("idle", "connection"), {"state": "offline",
+                                                 "connectedSince": ago(10 * 60 + 5)})
+
+
+def ago(seconds):
+    t = time.gmtime(time.time() - seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", t)
 
 
 def list_ids(broker, *filters):
@@ -492,19 +499,42 @@ def test_list_shows_every_device(broker, fleet):
     r = twinctl(broker, "list")
     assert r.returncode == EXIT_OK, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["DEVICE", "DESIRED", "REPORTED", "STATE", "CONNECTION"]
-    rows = {l.split()[0]: l.split() for l in lines[1:]}
-    assert set(rows) == {"ok", "pend", "bad", "idle"}
-    assert rows["pend"] == ["pend", "2", "1", "pending", "online"]
-    assert rows["bad"] == ["bad", "5", "4", "failed", "offline"]
+    assert lines[0].split() == ["DEVICE", "DESIRED", "REPORTED", "STATE", "CONNECTION", "LAST",
+                                "SEEN", "VERSION", "ERROR"]
+    rows = {l.split()[0]: l.split() for l in lines[1:] if l and not l[0].isdigit()}
+    assert set(rows) == {"ok", "pend", "bad", "idle"}, r.stdout
+    assert rows["pend"] == ["pend", "2", "1", "pending", "online", "now", "1", "-"]
+    # The failed one says why, and when it went away; a will only bounds it.
+    assert rows["bad"] == ["bad", "5", "4", "failed", "offline", "3h", "ago", "1", "boom"]
+    assert rows["idle"] == ["idle", "9", "9", "success", "offline", "<10m", "ago", "1", "-"]
     assert rows["ok"][3] == "success"
+    assert lines[-1] == ("4 devices: 2 converged, 1 pending, 1 failed, 0 drifted; "
+                         "2 online, 2 offline"), r.stdout
 
 
 def test_list_json_fields(broker, fleet):
     r = twinctl(broker, "list", "--json")
     rows = {d["deviceId"]: d for d in json.loads(r.stdout)}
-    assert rows["pend"] == {"deviceId": "pend", "desiredVersion": 2, "desiredConfigId": 2,
-                            "reportedConfigId": 1, "state": "pending", "connection": "online"}
+    pend = rows["pend"]
+    assert pend.pop("lastSeen") >= ago(60), pend  # online: seen now
+    assert pend == {"deviceId": "pend", "desiredVersion": 2, "desiredConfigId": 2,
+                    "reportedConfigId": 1, "state": "pending", "connection": "online",
+                    "lastSeenExact": True, "reportedVersion": 1, "error": None}
+    assert rows["bad"]["error"] == "boom" and rows["bad"]["lastSeenExact"] is True
+    assert rows["idle"]["lastSeenExact"] is False and rows["idle"]["error"] is None
+
+
+def test_list_patterns_and_the_other_filters(broker, fleet):
+    r = twinctl(broker, "list", "p*", "--json")
+    assert [d["deviceId"] for d in json.loads(r.stdout)] == ["pend"]
+    assert list_ids(broker, "b*", "i?le") == ["bad", "idle"]
+    assert list_ids(broker, "--success") == ["idle", "ok"]
+    assert list_ids(broker, "--online") == ["ok", "pend"]
+    assert list_ids(broker, "--success", "--failed", "--online") == ["ok"]
+    r = twinctl(broker, "list", "nothing-*")
+    assert r.returncode == EXIT_OK and "No devices match" in r.stdout, r.stdout
+    r = twinctl(broker, "list", "--online", "--offline")
+    assert r.returncode == EXIT_USAGE and "exclude each other" in r.stderr, r.stderr
 
 
 def test_list_filters(broker, fleet):
@@ -568,7 +598,6 @@ def test_topic_root(broker, client):
     ["get", "bad/id"],
     ["get", "x" * 129],
     ["set", "dev"],
-    ["list", "extra"],
     ["get", "dev", "--wait"],
     ["list", "--if-version", "3"],
     ["set", "dev", "a=1", "--if-version", "x"],

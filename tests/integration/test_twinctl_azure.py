@@ -250,3 +250,25 @@ def test_delete_removes_the_device_identity(tmp_path, hub, az, device):
         hub.identity(DEVICE)
     r = az("get", DEVICE)
     assert r.returncode == 6, (r.returncode, r.stderr)
+
+
+def test_list_online_success_and_last_seen(hub, az, device):
+    agent, apply = device
+    hub.add_device("quiet-1")
+    r = az("set", DEVICE, "mode=eco", "--wait", "--timeout", "30")
+    assert r.returncode == EXIT_OK, r.stderr
+    since = hub.mark()
+    r = az("list", "--online", "--success", "--json")
+    assert r.returncode == EXIT_OK, r.stderr
+    rows = json.loads(r.stdout)
+    assert [d["deviceId"] for d in rows] == [DEVICE], rows
+    assert rows[0]["lastSeen"] and rows[0]["reportedVersion"] >= 1, rows
+    # IoT Hub narrows the query itself.
+    q = hub.requests(since=since, kind="rest.query")[0]["query"]
+    assert "connectionState = 'Connected'" in q and "'success'" in q, q
+    r = az("list", "q*")
+    assert r.returncode == EXIT_OK, r.stderr
+    row = [l for l in r.stdout.splitlines() if l.startswith("quiet-1")][0].split()
+    # Never connected: IoT Hub has no last activity for it.
+    assert row[4:6] == ["offline", "-"], r.stdout
+    assert r.stdout.splitlines()[-1].startswith("1 device: 0 converged"), r.stdout
