@@ -30,9 +30,11 @@ typedef struct Service {
         json_t *map;           /* the back end's devices, borrowed */
         const char *device_id; /* the one device of get/set/watch, NULL for list */
 
-        /* watch: what was printed last, to print only changes */
-        bool watching;
-        json_t *seen_desired, *seen_props, *seen_status, *seen_connection;
+        /* watch: what was printed last of each device, to print only changes: id ->
+         * {"desired", "props", "status", "connection"}. quiet: the fleet's current state is
+         * only remembered, not printed. */
+        bool watching, quiet;
+        json_t *seen;
 
         /* set --wait. MQTT has no compare-and-set: another writer is noticed only by its
          * document arriving. published: the document we publish (NULL before); seen_own: its echo
@@ -53,10 +55,7 @@ typedef struct Service {
 static void service_done(Service *s)
 {
         twin_backend_free(s->backend);
-        json_decref(s->seen_desired);
-        json_decref(s->seen_props);
-        json_decref(s->seen_status);
-        json_decref(s->seen_connection);
+        json_decref(s->seen);
         json_decref(s->published);
         json_decref(s->answer);
 }
@@ -71,6 +70,8 @@ static char *strdup_or_null(const char *s)
         return s ? strdup(s) : NULL;
 }
 
+static int compare_strings(const void *a, const void *b);
+
 static bool same(const json_t *a, const json_t *b)
 {
         if (!a || !b)
@@ -78,13 +79,20 @@ static bool same(const json_t *a, const json_t *b)
         return json_equal(a, b);
 }
 
-/* Replaces *slot with a copy of v when they differ; returns whether they did. */
-static bool remember(json_t **slot, const json_t *v)
+/* Replaces what seen holds under key with a copy of v (NULL: removes it) when they differ;
+ * returns whether they did. *ret_old gets what it held (a new reference, NULL: nothing). */
+static bool remember(json_t *seen, const char *key, const json_t *v, json_t **ret_old)
 {
-        if (same(*slot, v))
+        json_t *old = json_object_get(seen, key);
+
+        if (ret_old)
+                *ret_old = json_incref(old);
+        if (same(old, v))
                 return false;
-        json_decref(*slot);
-        *slot = v ? json_deep_copy(v) : NULL;
+        if (v)
+                json_object_set_new(seen, key, json_deep_copy(v));
+        else
+                json_object_del(seen, key);
         return true;
 }
 
@@ -135,8 +143,8 @@ static char *describe_connection(const json_t *conn)
         return output_sanitize(s);
 }
 
-static void watch_print(const Service *s, const char *kind, const json_t *value, const char *text,
-                        enum OutputColor color)
+static void watch_print(const Service *s, const char *id, const char *kind, const json_t *value,
+                        const json_t *changes, const char *text, enum OutputColor color)
 {
         _cleanup_free_ char *safe = text ? output_sanitize(strdup(text)) : NULL;
         char now[32];
@@ -144,69 +152,145 @@ static void watch_print(const Service *s, const char *kind, const json_t *value,
         twin_format_time(-1, now);
         if (s->args->json) {
                 _cleanup_json_ json_t *j =
-                    json_pack("{s:s,s:s,s:s,s:O}", "time", now, "deviceId", s->device_id, "kind",
-                              kind, "value", value ? value : json_null());
+                    json_pack("{s:s,s:s,s:s,s:O,s:O*}", "time", now, "deviceId", id, "kind", kind,
+                              "value", value ? value : json_null(), "changes", changes);
                 if (j)
                         (void)output_json_line(j);
                 return;
         }
-        printf("%s %-10s %s%s%s\n", now, kind, output_color_on(color), safe ? safe : "?",
-               color == OUTPUT_COLOR_NONE ? "" : output_color_off());
+        /* A fleet's lines say whose they are. */
+        if (!s->device_id)
+                printf("%s %s %-10s %s%s%s\n", now, id, kind, output_color_on(color),
+                       safe ? safe : "?", color == OUTPUT_COLOR_NONE ? "" : output_color_off());
+        else
+                printf("%s %-10s %s%s%s\n", now, kind, output_color_on(color), safe ? safe : "?",
+                       color == OUTPUT_COLOR_NONE ? "" : output_color_off());
         fflush(stdout);
 }
 
-static void watch_document(Service *s, const char *kind, const json_t *doc)
+/* Writes a merge patch as "a.b=1 c=x -d" (sorted by name; "-" for a removed member), values
+ * as set reads them. */
+static void write_changes(FILE *f, const json_t *patch, const char *prefix, bool *first)
 {
+        size_t n = json_object_size(patch), i = 0;
+        _cleanup_free_ const char **keys = calloc(n ? n : 1, sizeof(char *));
+        const char *key;
+        json_t *v;
+
+        if (!keys)
+                return;
+        json_object_foreach ((json_t *)patch, key, v)
+                keys[i++] = key;
+        qsort(keys, n, sizeof(char *), compare_strings);
+        for (i = 0; i < n; i++) {
+                _cleanup_free_ char *path = NULL, *value = NULL;
+
+                v = json_object_get(patch, keys[i]);
+                path = malloc(strlen(prefix) + 2 * strlen(keys[i]) + 1);
+                if (!path)
+                        return;
+                /* A dot or backslash of a name is written as set reads it: "\." and "\\". */
+                strcpy(path, prefix);
+                for (char *o = path + strlen(prefix), *k = (char *)keys[i];; k++) {
+                        if (*k == '.' || *k == '\\')
+                                *o++ = '\\';
+                        *o++ = *k;
+                        if (!*k)
+                                break;
+                }
+                if (json_is_object(v) && json_object_size(v) > 0) {
+                        _cleanup_free_ char *nested = NULL;
+
+                        if (asprintf(&nested, "%s.", path) < 0)
+                                return;
+                        write_changes(f, v, nested, first);
+                        continue;
+                }
+                fputs(*first ? "" : " ", f);
+                *first = false;
+                if (json_is_null(v)) {
+                        fprintf(f, "-%s", path);
+                        continue;
+                }
+                value = output_value(v, true);
+                fprintf(f, "%s=%s", path, value ? value : "?");
+        }
+}
+
+/* Prints the properties of doc that differ from old's: "$version 4: mode=eco -old". */
+static void watch_document(Service *s, const char *id, const char *kind, const json_t *old_props,
+                           const json_t *doc)
+{
+        _cleanup_json_ json_t *props = doc ? twin_properties(doc) : NULL;
+        _cleanup_json_ json_t *empty = json_object(), *changes = NULL;
         _cleanup_free_ char *text = NULL;
-        _cleanup_json_ json_t *props = NULL;
-        int64_t v;
+        int64_t v = doc ? twin_document_version(doc) : -1;
+        bool first = true;
+        size_t size = 0;
+        FILE *f;
 
         if (!doc) {
-                watch_print(s, kind, NULL, "(none)", OUTPUT_COLOR_GREY);
+                watch_print(s, id, kind, NULL, NULL, "(none)", OUTPUT_COLOR_GREY);
                 return;
         }
-        props = twin_properties(doc);
-        text = output_value(props, false);
-        v = twin_document_version(doc);
-        if (v >= 0) {
-                char *t;
-                if (asprintf(&t, "$version %" PRId64 " %s", v, text ? text : "?") < 0)
-                        return;
-                free(text);
-                text = t;
+        changes =
+            props && empty ? twin_merge_patch_diff(old_props ? old_props : empty, props) : NULL;
+        f = open_memstream(&text, &size);
+        if (!f || !changes) {
+                if (f)
+                        fclose(f);
+                return;
         }
-        watch_print(s, kind, doc, text, OUTPUT_COLOR_NONE);
+        if (v >= 0)
+                fprintf(f, "$version %" PRId64 "%s", v, json_object_size(changes) ? ": " : "");
+        write_changes(f, changes, "", &first);
+        if (v < 0 && first)
+                fputs("(no properties)", f);
+        if (fclose(f) != 0)
+                return;
+        watch_print(s, id, kind, doc, changes, text, OUTPUT_COLOR_NONE);
 }
 
 /* Prints what changed in the device's twin with this message. */
-static void watch_changes(Service *s, enum DeviceKind kind, const json_t *entry)
+static void watch_changes(Service *s, const char *id, enum DeviceKind kind, const json_t *entry)
 {
-        json_t *doc = device_entry_get(entry, kind);
+        json_t *doc = device_entry_get(entry, kind), *seen = json_object_get(s->seen, id);
+        _cleanup_json_ json_t *old = NULL;
 
+        if (!seen) {
+                seen = json_object();
+                if (!seen || json_object_set_new(s->seen, id, seen) < 0)
+                        return;
+        }
         switch (kind) {
-        case DEVICE_KIND_DESIRED:
-                if (remember(&s->seen_desired, doc))
-                        watch_document(s, "desired", doc);
+        case DEVICE_KIND_DESIRED: {
+                _cleanup_json_ json_t *props = doc ? twin_properties(doc) : NULL;
+
+                /* The $version alone changes too (a set of the same properties): news. */
+                remember(seen, "desiredProps", props, &old);
+                if (remember(seen, "desired", doc, NULL) && !s->quiet)
+                        watch_document(s, id, "desired", old, doc);
                 break;
+        }
         case DEVICE_KIND_REPORTED: {
                 _cleanup_json_ json_t *props = doc ? twin_properties(doc) : NULL;
                 json_t *status = device_reported_status(doc);
 
                 /* Every publish bumps the reported $version: only new properties are news. */
-                if (remember(&s->seen_props, props))
-                        watch_document(s, "reported", doc);
-                if (remember(&s->seen_status, status)) {
+                if (remember(seen, "props", props, &old) && !s->quiet)
+                        watch_document(s, id, "reported", old, doc);
+                if (remember(seen, "status", status, NULL) && !s->quiet) {
                         _cleanup_free_ char *text = status ? describe_status(status) : NULL;
-                        watch_print(s, "status", status, status ? text : "(none)",
+                        watch_print(s, id, "status", status, NULL, status ? text : "(none)",
                                     output_state_color(
                                         json_string_value(json_object_get(status, "state"))));
                 }
                 break;
         }
         case DEVICE_KIND_CONNECTION:
-                if (remember(&s->seen_connection, doc)) {
+                if (remember(seen, "connection", doc, NULL) && !s->quiet) {
                         _cleanup_free_ char *text = describe_connection(doc);
-                        watch_print(s, "connection", doc, text,
+                        watch_print(s, id, "connection", doc, NULL, text,
                                     device_is_online(doc) ? OUTPUT_COLOR_GREEN : OUTPUT_COLOR_RED);
                 }
                 break;
@@ -276,7 +360,7 @@ static void on_change(TwinBackend *b, const char *id, enum DeviceKind kind, cons
         if (s->published)
                 set_track(s, kind, entry);
         if (s->watching)
-                watch_changes(s, kind, entry);
+                watch_changes(s, id, kind, entry);
 }
 
 /* Opens the back end on id (NULL: every device that filter admits) with the current twins
@@ -800,18 +884,30 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
 
 /* ---- watch -------------------------------------------------------------------------------- */
 
+/* Whether the device answered its current desired $version for good. */
+static bool entry_converged(const json_t *entry, enum DeviceState *ret)
+{
+        json_t *desired = device_entry_get(entry, DEVICE_KIND_DESIRED);
+
+        *ret = device_state(desired, device_entry_get(entry, DEVICE_KIND_REPORTED));
+        return desired && (*ret == DEVICE_STATE_SUCCESS || *ret == DEVICE_STATE_FAILED ||
+                           *ret == DEVICE_STATE_DRIFTED);
+}
+
+/* One device: it answered. The fleet: every device with a desired document answered. */
 static bool watch_converged(void *userdata)
 {
         Service *s = userdata;
-        json_t *entry = service_entry(s, s->device_id);
-        json_t *desired = device_entry_get(entry, DEVICE_KIND_DESIRED);
         enum DeviceState state;
+        const char *id;
+        json_t *entry;
 
-        if (!desired)
-                return false;
-        state = device_state(desired, device_entry_get(entry, DEVICE_KIND_REPORTED));
-        return state == DEVICE_STATE_SUCCESS || state == DEVICE_STATE_FAILED ||
-               state == DEVICE_STATE_DRIFTED;
+        if (s->device_id)
+                return entry_converged(service_entry(s, s->device_id), &state);
+        json_object_foreach (s->map, id, entry)
+                if (device_entry_get(entry, DEVICE_KIND_DESIRED) && !entry_converged(entry, &state))
+                        return false;
+        return true;
 }
 
 static bool never(void *userdata)
@@ -819,23 +915,88 @@ static bool never(void *userdata)
         return false;
 }
 
+/* The exit status of watch --until-converged for one device that answered. */
+static int watch_outcome(Service *s, const char *id)
+{
+        json_t *entry = service_entry(s, id);
+        json_t *status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
+        enum DeviceState state;
+
+        if (!entry_converged(entry, &state))
+                return TWINCTL_EXIT_SUCCESS; /* nothing to converge (fleet: no desired) */
+        switch (state) {
+        case DEVICE_STATE_FAILED: {
+                _cleanup_free_ char *error = output_sanitize(
+                    strdup_or_null(json_string_value(json_object_get(status, "error"))));
+                log_error("%s reported failed: %s", id, error ? error : "(no error given)");
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        }
+        case DEVICE_STATE_DRIFTED:
+                log_error("%s answered the desired $version but reports other properties: it "
+                          "did not take them%s; see twinctl get %s",
+                          id,
+                          json_is_true(json_object_get(status, "noChange"))
+                              ? " (the configId was unchanged)"
+                              : "",
+                          id);
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        case DEVICE_STATE_NONE:
+        case DEVICE_STATE_PENDING:
+        case DEVICE_STATE_SUCCESS:
+                break;
+        }
+        return TWINCTL_EXIT_SUCCESS;
+}
+
 int verb_watch(int argc, char **argv, const TwinctlArgs *args)
 {
         _cleanup_(service_done) Service s = { .args = args, .watching = true, .wait_version = -1 };
-        json_t *entry, *status;
-        int r;
+        const TwinBackendImpl *impl = twin_backend_for(args);
+        TwinBackendFilter filter = { 0 };
+        int r, worst = TWINCTL_EXIT_SUCCESS;
+        const char *id;
+        json_t *entry;
 
-        if (argc != 2) {
-                log_error("watch needs exactly one DEVICE");
+        if (args->list_devices) {
+                if (argc < 2) {
+                        log_error("watch --devices needs at least one DEVICE");
+                        return TWINCTL_EXIT_USAGE;
+                }
+                for (int k = 1; k < argc; k++)
+                        if (check_device_id(argv[k]) < 0)
+                                return TWINCTL_EXIT_USAGE;
+                filter.ids = argv + 1;
+        } else if (argc == 2) {
+                if (check_device_id(argv[1]) < 0)
+                        return TWINCTL_EXIT_USAGE;
+                s.device_id = argv[1];
+        } else if (argc > 2) {
+                log_error("watch takes one DEVICE, none (the whole fleet), or --devices ID...");
+                return TWINCTL_EXIT_USAGE;
+        } else if (!(impl->flags & TWIN_BACKEND_LIST)) {
+                log_error("watching every device is not available on %s (no fleet index); name "
+                          "the devices with watch --devices ID...",
+                          impl->name);
                 return TWINCTL_EXIT_USAGE;
         }
-        if (check_device_id(argv[1]) < 0)
-                return TWINCTL_EXIT_USAGE;
-        s.device_id = argv[1];
-
-        r = service_open(&s, s.device_id, NULL, true);
+        s.seen = json_object();
+        if (!s.seen)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        /* One device's current state is printed first; a fleet's is only remembered (it would
+         * be thousands of lines), and what changes from then on is printed. */
+        s.quiet = !s.device_id;
+        r = service_open(&s, s.device_id, s.device_id ? NULL : &filter, true);
         if (r != 0 || !s.backend)
                 return r;
+        s.quiet = false;
+        /* On stderr, so that stdout holds only the changes (JSON with --json): says the watch
+         * is on. */
+        if (!s.device_id)
+                fprintf(stderr, "Watching %zu device%s on %s; changes from now on:\n",
+                        json_object_size(s.map), json_object_size(s.map) == 1 ? "" : "s",
+                        impl->address(s.backend));
+        else
+                fprintf(stderr, "Watching %s on %s:\n", s.device_id, impl->address(s.backend));
 
         /* Without --timeout a watch runs until Ctrl-C. */
         r = s.backend->impl->wait(s.backend, args->until_converged ? watch_converged : never, &s,
@@ -845,38 +1006,20 @@ int verb_watch(int argc, char **argv, const TwinctlArgs *args)
         if (r == -ETIMEDOUT) {
                 if (!args->until_converged)
                         return TWINCTL_EXIT_SUCCESS;
-                log_error("timed out waiting for %s to converge", s.device_id);
+                log_error("timed out waiting for %s to converge",
+                          s.device_id ? s.device_id : "the devices");
                 return TWINCTL_EXIT_TIMEOUT;
         }
         if (r < 0)
                 return twin_backend_error_to_exit(r);
-
-        entry = service_entry(&s, s.device_id);
-        status = device_reported_status(device_entry_get(entry, DEVICE_KIND_REPORTED));
-        switch (device_state(device_entry_get(entry, DEVICE_KIND_DESIRED),
-                             device_entry_get(entry, DEVICE_KIND_REPORTED))) {
-        case DEVICE_STATE_FAILED: {
-                _cleanup_free_ char *error = output_sanitize(
-                    strdup_or_null(json_string_value(json_object_get(status, "error"))));
-                log_error("%s reported failed: %s", s.device_id,
-                          error ? error : "(no error given)");
-                return TWINCTL_EXIT_DEVICE_FAILED;
+        if (s.device_id)
+                return watch_outcome(&s, s.device_id);
+        json_object_foreach (s.map, id, entry) {
+                r = watch_outcome(&s, id);
+                if (worst == TWINCTL_EXIT_SUCCESS)
+                        worst = r;
         }
-        case DEVICE_STATE_DRIFTED:
-                log_error("%s answered the desired $version but reports other properties: it "
-                          "did not take them%s; see twinctl get %s",
-                          s.device_id,
-                          json_is_true(json_object_get(status, "noChange"))
-                              ? " (the configId was unchanged)"
-                              : "",
-                          s.device_id);
-                return TWINCTL_EXIT_DEVICE_FAILED;
-        case DEVICE_STATE_NONE:
-        case DEVICE_STATE_PENDING:
-        case DEVICE_STATE_SUCCESS:
-                break;
-        }
-        return TWINCTL_EXIT_SUCCESS;
+        return worst;
 }
 
 /* ---- delete ------------------------------------------------------------------------------- */

@@ -58,7 +58,7 @@ typedef struct Verb {
 static const Verb verbs[] = {
         { "get", verb_get, true, 0 },
         { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION | VERB_OPTION_FILE },
-        { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED },
+        { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED | VERB_OPTION_DEVICES },
         { "list", verb_list, true, VERB_OPTION_FILTERS | VERB_OPTION_DEVICES },
         { "query", verb_query, true, 0 },
         { "delete", verb_delete, true, VERB_OPTION_FORCE },
@@ -81,7 +81,8 @@ static void help(void)
                "                              publish it (VALUE is JSON when it parses as JSON,\n"
                "                              otherwise a string; KEY=null deletes; a.b=1\n"
                "                              changes member b of a; write a dot of a name \\.)\n"
-               "  watch DEVICE                Print each change of the twin as it happens\n"
+               "  watch [DEVICE]              Print each change of the twin (of every twin) as\n"
+               "                              it happens: the members that changed\n"
                "  list [PATTERN...]           Every device under the topic root (or the hub's),\n"
                "                              or those whose id matches a shell PATTERN\n"
                "  query QUERY                 IoT Hub: run a query ('SELECT * FROM devices ...')\n"
@@ -127,7 +128,8 @@ static void help(void)
                "     --success                list: devices that converged\n"
                "     --offline                list: devices not online\n"
                "     --online                 list: devices online\n"
-               "     --devices                list: only the DEVICEs given after the options\n"
+               "     --devices                list, watch: only the DEVICEs given after the\n"
+               "                              options\n"
                "     --force                  delete: also devices that are online\n"
                "\n"
                "Exit status:\n"

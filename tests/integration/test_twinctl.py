@@ -5,6 +5,7 @@ real twind cover the two together."""
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -433,22 +434,111 @@ def test_watch_until_converged_reports_failure(broker, client, devices):
     assert "bad config" in r.stderr
 
 
-def test_watch_prints_changes_and_stops_on_ctrl_c(broker, client):
-    w = run_watch(broker, "dev-9")
+class Lines:
+    """A process's stdout and stderr, line by line as they come, for bounded waits."""
+
+    def __init__(self, proc):
+        self.proc = proc
+        self.lines = {"out": queue.Queue(), "err": queue.Queue()}
+        self.seen = {"out": [], "err": []}
+        for name, stream in (("out", proc.stdout), ("err", proc.stderr)):
+            threading.Thread(target=self._read, args=(name, stream), daemon=True).start()
+
+    def _read(self, name, stream):
+        for line in stream:
+            self.lines[name].put(line.rstrip("\n"))
+        self.lines[name].put(None)
+
+    def wait(self, name, predicate, what, timeout=15):
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen[name]:
+                if predicate(line):
+                    return line
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines[name].get(timeout=max(left, 0.01))
+            except queue.Empty:
+                line = None
+                left = 0
+            if line is None and left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; std{name} so far: "
+                                     f"{self.seen[name]}")
+            if line is not None:
+                self.seen[name].append(line)
+                if predicate(line):
+                    return line
+            elif self.proc.poll() is not None and self.lines[name].empty():
+                raise AssertionError(f"twinctl exited before {what}: {self.seen}")
+
+
+def stop_watch(w):
+    w.send_signal(signal.SIGINT)
     try:
-        time.sleep(0.5)
-        client.publish(topic("dev-9", "desired"), {"$version": 1, "configId": 1, "k": "v1"})
-        client.publish(topic("dev-9", "connection"), {"state": "offline"})
-        time.sleep(0.5)
-        w.send_signal(signal.SIGINT)
-        out, err = w.communicate(timeout=10)
+        w.wait(timeout=10)
     finally:
         if w.poll() is None:
             w.kill()
             w.wait()
-    assert w.returncode == EXIT_OK, err
-    assert any(" desired " in l and '"v1"' in l for l in out.splitlines()), out
-    assert any(" connection " in l and "offline" in l for l in out.splitlines()), out
+    return w.returncode
+
+
+def test_watch_prints_the_members_that_changed_and_stops_on_ctrl_c(broker, client):
+    w = run_watch(broker, "dev-9")
+    lines = Lines(w)
+    lines.wait("err", lambda l: l.startswith("Watching dev-9 on "), "the watch to start")
+    client.publish(topic("dev-9", "desired"),
+                   {"$version": 1, "configId": 1, "k": "v1", "t": {"i": 5}, "a.b": 1})
+    first = lines.wait("out", lambda l: " desired " in l, "the first desired")
+    assert first.split(" desired ")[1].strip() == "$version 1: a\\.b=1 configId=1 k=v1 t.i=5", \
+        first
+    client.publish(topic("dev-9", "desired"), {"$version": 2, "configId": 2, "t": {"i": 15},
+                                               "a.b": 1})
+    second = lines.wait("out", lambda l: "$version 2" in l, "the second desired")
+    # Only what changed: k went, t.i and configId changed; a.b did not.
+    assert second.split(" desired ")[1].strip() == "$version 2: configId=2 -k t.i=15", second
+    client.publish(topic("dev-9", "connection"), {"state": "offline"})
+    lines.wait("out", lambda l: " connection " in l and "offline" in l, "offline")
+    assert stop_watch(w) == EXIT_OK
+
+
+def test_watch_follows_the_fleet(broker, client, devices):
+    devices("a-1")
+    devices("a-2")
+    client.publish(topic("a-1", "desired"), {"$version": 1, "configId": 1, "mode": "x"})
+    wait_answered(client, "a-1", 1)
+    w = subprocess.Popen([twinctl_binary(), "--broker", broker.url, "watch", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=environment(), stdin=subprocess.DEVNULL)
+    lines = Lines(w)
+    w2 = run_watch(broker)
+    text = Lines(w2)
+    # Neither prints the current state of a fleet; both say when they are on.
+    for ls in (lines, text):
+        ls.wait("err", lambda l: l.startswith("Watching 2 devices on "), "the fleet watch")
+    client.publish(topic("a-2", "desired"), {"$version": 1, "configId": 1, "mode": "y"})
+    line = lines.wait("out", lambda l: json.loads(l)["kind"] == "status" and
+                      json.loads(l)["value"]["state"] == "success", "a success event")
+    event = json.loads(line)
+    assert event["deviceId"] == "a-2" and event["value"]["desiredVersion"] == 1, event
+    desired = json.loads(lines.wait("out", lambda l: json.loads(l)["kind"] == "desired",
+                                    "a desired event"))
+    assert desired["changes"] == {"configId": 1, "mode": "y"}, desired
+    # The text lines name the device; nothing of a-1, which did not change, was printed.
+    text.wait("out", lambda l: " a-2 status " in l and "success" in l, "a-2's status line")
+    assert not any(" a-1 " in l for l in text.seen["out"]), text.seen["out"]
+    assert stop_watch(w) == EXIT_OK and stop_watch(w2) == EXIT_OK
+
+
+def test_watch_until_the_fleet_converged(broker, client, devices):
+    devices("b-1")
+    devices("b-2")
+    client.publish(topic("b-1", "desired"), {"$version": 1, "configId": 1})
+    client.publish(topic("b-2", "desired"), {"$version": 1, "configId": 1})
+    r = subprocess.run([twinctl_binary(), "--broker", broker.url, "watch", "--until-converged",
+                        "--timeout", "20"],
+                       capture_output=True, text=True, timeout=30, env=environment())
+    assert r.returncode == EXIT_OK, r.stderr
 
 
 # ---- list -----------------------------------------------------------------------------------
