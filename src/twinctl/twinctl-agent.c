@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* The device-side verbs: status, events and reapply, over the agent's control socket. */
 #include <errno.h>
+#include <inttypes.h>
 #include <limits.h>
+#include <stdint.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -207,11 +209,12 @@ static int agent_read_error_to_exit(AgentConnection *c, int r)
 }
 
 /*
- * Calls method and waits for its response; events are skipped. Returns 0 with the "result" in
- * *ret, or an exit code after saying what went wrong (the agent's own message for its errors).
+ * Calls method and waits for its response; events that arrive meanwhile are appended to events
+ * (NULL: skipped). Returns 0 with the "result" in *ret, or an exit code after saying what went
+ * wrong (the agent's own message for its errors).
  */
 static int agent_call(AgentConnection *c, const char *method, const json_t *params,
-                      uint64_t deadline_ms, json_t **ret)
+                      uint64_t deadline_ms, json_t *events, json_t **ret)
 {
         int r;
 
@@ -234,8 +237,12 @@ static int agent_call(AgentConnection *c, const char *method, const json_t *para
                                   c->path);
                         return TWINCTL_EXIT_FAILURE;
                 }
-                if (json_object_get(reply, "event"))
+                if (json_object_get(reply, "event")) {
+                        if (events && json_array_append(events, reply) < 0)
+                                return log_error_errno(-ENOMEM, "Out of memory"),
+                                       TWINCTL_EXIT_FAILURE;
                         continue;
+                }
                 error = json_object_get(reply, "error");
                 if (error) {
                         const char *name = json_string_value(json_object_get(error, "name"));
@@ -427,7 +434,7 @@ static int agent_simple_verb(int argc, char **argv, const TwinctlArgs *args, con
         r = agent_connect(&c, args->socket_path);
         if (r != 0)
                 return r;
-        r = agent_call(&c, method, NULL, twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS),
+        r = agent_call(&c, method, NULL, twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), NULL,
                        &result);
         if (r != 0)
                 return r;
@@ -480,7 +487,7 @@ int verb_report(int argc, char **argv, const TwinctlArgs *args)
         if (r != 0)
                 return r;
         r = agent_call(&c, control_method_to_string(CONTROL_METHOD_REPORT), params,
-                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), NULL, &result);
         if (r != 0)
                 return r;
         if (args->json)
@@ -488,8 +495,128 @@ int verb_report(int argc, char **argv, const TwinctlArgs *args)
         return TWINCTL_EXIT_SUCCESS;
 }
 
+static bool event_is(const json_t *ev, const char *name)
+{
+        const char *n = json_string_value(json_object_get(ev, "event"));
+
+        return n && strcmp(n, name) == 0;
+}
+
+/* The apply-finished event of the apply that serves a reapply, from the events seen so far
+ * (borrowed), or NULL. The apply that serves it is the last one that started before the reply
+ * when the reapply started at once, else the first one that started after it (the queued
+ * reapply, or a newer desired document's apply, which serves it too); *started is its desired
+ * $version once known. */
+static const json_t *reapply_outcome(const json_t *events, size_t reply_at, bool queued,
+                                     int64_t *started)
+{
+        size_t i, from = SIZE_MAX;
+        json_t *ev;
+
+        json_array_foreach (events, i, ev)
+                if (event_is(ev, CONTROL_EVENT_APPLY_STARTED) &&
+                    (queued ? i >= reply_at && from == SIZE_MAX : i < reply_at))
+                        from = i;
+        if (from == SIZE_MAX)
+                return NULL;
+        *started =
+            json_integer_value(json_object_get(json_array_get(events, from), "desiredVersion"));
+        for (i = from + 1; i < json_array_size(events); i++) {
+                ev = json_array_get(events, i);
+                if (event_is(ev, CONTROL_EVENT_APPLY_FINISHED) &&
+                    json_integer_value(json_object_get(ev, "desiredVersion")) == *started)
+                        return ev;
+        }
+        return NULL;
+}
+
+/* reapply --wait: follows events on the same connection, then asks, then waits for the
+ * apply-finished of the apply that serves the request. */
+static int reapply_wait(const TwinctlArgs *args)
+{
+        _cleanup_(agent_connection_done) AgentConnection c = { .fd = -1 };
+        _cleanup_json_ json_t *events = json_array(), *result = NULL, *following = NULL;
+        uint64_t deadline = twinctl_deadline(args, TWINCTL_WAIT_TIMEOUT_MS);
+        const json_t *done = NULL;
+        int64_t started = -1;
+        size_t reply_at;
+        bool queued;
+        int r;
+
+        if (!events)
+                return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        r = agent_connect(&c, args->socket_path);
+        if (r != 0)
+                return r;
+        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_EVENTS), NULL, deadline, NULL,
+                       &following);
+        if (r != 0)
+                return r;
+        r = agent_call(&c, control_method_to_string(CONTROL_METHOD_REAPPLY), NULL, deadline, events,
+                       &result);
+        if (r != 0)
+                return r;
+        reply_at = json_array_size(events);
+        queued = json_is_true(json_object_get(result, "queued"));
+        while (!(done = reapply_outcome(events, reply_at, queued, &started))) {
+                _cleanup_free_ char *line = NULL;
+                _cleanup_json_ json_t *ev = NULL;
+
+                r = agent_read_line(&c, deadline, &line);
+                if (r == -ETIMEDOUT) {
+                        log_error("the apply did not finish in time");
+                        return TWINCTL_EXIT_TIMEOUT;
+                }
+                if (r == -EINTR)
+                        return TWINCTL_EXIT_SUCCESS;
+                if (r < 0)
+                        return agent_read_error_to_exit(&c, r);
+                ev = json_loads(line, 0, NULL);
+                if (json_is_object(ev) && json_object_get(ev, "event") &&
+                    json_array_append(events, ev) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory"), TWINCTL_EXIT_FAILURE;
+        }
+        if (args->json) {
+                const char *res = json_string_value(json_object_get(done, "result"));
+
+                if (output_json(done) < 0)
+                        return TWINCTL_EXIT_FAILURE;
+                return res && strcmp(res, "success") == 0 ? TWINCTL_EXIT_SUCCESS
+                                                          : TWINCTL_EXIT_DEVICE_FAILED;
+        }
+        {
+                _cleanup_free_ char *cid = output_value(json_object_get(done, "configId"), true);
+                _cleanup_free_ char *error = safe_string(json_object_get(done, "error"));
+                const char *res = json_string_value(json_object_get(done, "result"));
+                bool ok = res && strcmp(res, "success") == 0;
+                int64_t asked = json_integer_value(json_object_get(result, "desiredVersion"));
+                char served[96] = "";
+
+                if (json_is_integer(json_object_get(result, "desiredVersion")) && asked != started)
+                        snprintf(served, sizeof served,
+                                 " (a newer desired document, $version %" PRId64
+                                 ", was applied instead)",
+                                 started);
+                if (ok) {
+                        printf("Re-applied configId %s (desired $version %" PRId64 "): success%s\n",
+                               cid ? cid : "-", started, served);
+                        return TWINCTL_EXIT_SUCCESS;
+                }
+                log_error("re-applying configId %s (desired $version %" PRId64 ") failed%s: %s",
+                          cid ? cid : "-", started, served, error ? error : "(no error given)");
+                return TWINCTL_EXIT_DEVICE_FAILED;
+        }
+}
+
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args)
 {
+        if (args->wait) {
+                if (argc != 1) {
+                        log_error("reapply takes no arguments");
+                        return TWINCTL_EXIT_USAGE;
+                }
+                return reapply_wait(args);
+        }
         return agent_simple_verb(argc, argv, args,
                                  control_method_to_string(CONTROL_METHOD_REAPPLY));
 }
@@ -542,7 +669,7 @@ int verb_events(int argc, char **argv, const TwinctlArgs *args)
         if (r != 0)
                 return r;
         r = agent_call(&c, control_method_to_string(CONTROL_METHOD_EVENTS), NULL,
-                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), &result);
+                       twinctl_deadline(args, TWINCTL_CONNECT_TIMEOUT_MS), NULL, &result);
         if (r != 0)
                 return interrupted ? TWINCTL_EXIT_SUCCESS : r;
 

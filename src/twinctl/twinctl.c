@@ -64,7 +64,7 @@ static const Verb verbs[] = {
         { "delete", verb_delete, true, VERB_OPTION_FORCE },
         { "status", verb_status, false, 0 },
         { "events", verb_events, false, 0 },
-        { "reapply", verb_reapply, false, 0 },
+        { "reapply", verb_reapply, false, VERB_OPTION_WAIT },
         { "report", verb_report, false, VERB_OPTION_FILE },
 };
 
@@ -117,7 +117,8 @@ static void help(void)
                "  -j --json                   Machine-readable output\n"
                "     --no-color               No colour, even on a terminal\n"
                "  -t --timeout=SECONDS        Give up after this long (whole command)\n"
-               "  -w --wait                   set: wait until the device answers\n"
+               "  -w --wait                   set: wait until the device answers; reapply:\n"
+               "                              until the apply finished\n"
                "     --if-version=N           set: only if the desired $version is N\n"
                "     --file=FILE              set, report: a JSON object merged in first (- for\n"
                "                              stdin)\n"

@@ -348,9 +348,11 @@ static void handle_twin(ControlClient *c, const ControlRequest *req)
 static void handle_reapply(ControlClient *c, const ControlRequest *req)
 {
         char msg[CONTROL_ERROR_MSG_MAX];
+        int64_t version = -1;
+        bool queued = false;
         int r;
 
-        r = manager_reapply(c->server->manager);
+        r = manager_reapply(c->server->manager, &queued, &version);
         if (r == -ENOENT) {
                 client_reply_error(c, req, CONTROL_ERROR_NO_DESIRED,
                                    "no valid desired configuration has been received yet");
@@ -363,7 +365,9 @@ static void handle_reapply(ControlClient *c, const ControlRequest *req)
         }
         log_info("Reapply requested over the control socket (pid %d, uid %d)", (int)c->pid,
                  (int)c->uid);
-        client_reply_result(c, req, json_pack("{s:b}", "started", 1));
+        client_reply_result(c, req,
+                            json_pack("{s:b, s:b, s:I}", "started", 1, "queued", queued,
+                                      "desiredVersion", (json_int_t)version));
 }
 
 static void handle_report(ControlClient *c, const ControlRequest *req)

@@ -1184,12 +1184,14 @@ json_t *manager_twin_json(Manager *m)
         return json_pack("{s:O?, s:O}", "desired", m->desired, "reported", reported);
 }
 
-int manager_reapply(Manager *m)
+int manager_reapply(Manager *m, bool *ret_queued, int64_t *ret_version)
 {
         if (!m->desired)
                 return -ENOENT;
         log_info("Re-applying desired $version %" PRId64 " on request",
                  twin_document_version(m->desired));
+        *ret_version = twin_document_version(m->desired);
+        *ret_queued = m->applying != NULL;
         if (m->applying) {
                 m->reapply_queued = true;
                 return 0;

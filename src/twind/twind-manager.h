@@ -52,8 +52,9 @@ json_t *manager_status_json(Manager *m);
 /* The "twin" reply: {"desired": ..., "reported": ...} as held (new reference). */
 json_t *manager_twin_json(Manager *m);
 /* Runs the apply of the current desired configuration again. -ENOENT when no valid desired
- * document has been received. Returns 0 when started or queued. */
-int manager_reapply(Manager *m);
+ * document has been received. Returns 0 when started or queued (*ret_queued: behind the
+ * running apply), with the desired $version asked for in *ret_version. */
+int manager_reapply(Manager *m, bool *ret_queued, int64_t *ret_version);
 
 /* Merges patch (a merge patch of properties the device reports itself; null removes) into the
  * device's properties, saves them and publishes them soon (a burst in one publish). Returns 0;

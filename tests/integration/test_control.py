@@ -306,7 +306,8 @@ def test_reapply_as_root_runs_the_apply_again(agent, service, make_apply):
     assert len(apply.calls()) == 1
 
     mark = service.mark()
-    assert c.call("reapply", id=2) == {"id": 2, "result": {"started": True}}
+    assert c.call("reapply", id=2) == {
+        "id": 2, "result": {"started": True, "queued": False, "desiredVersion": 1}}
     service.wait_status("success", 1, mark)
     assert poll(lambda: len(apply.calls()) == 2, TIMEOUT), apply.calls()
     assert apply.inputs()[1] == {"configId": 1, "a": 1}
@@ -337,7 +338,8 @@ def test_queued_reapply_is_served_by_a_newer_apply(agent, service, make_apply):
     assert poll(lambda: len(apply.calls()) == 1, TIMEOUT), "the first apply never started"
     apply.behave(sleep=0)
     c = Control(agent.socket)
-    assert c.call("reapply", id=1) == {"id": 1, "result": {"started": True}}
+    assert c.call("reapply", id=1) == {
+        "id": 1, "result": {"started": True, "queued": True, "desiredVersion": 1}}
     service.publish({"$version": 2, "configId": 2, "a": 2})
     service.wait_status("success", 2)
     settle(1.0)

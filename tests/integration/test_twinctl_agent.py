@@ -325,3 +325,35 @@ def test_delete_force_and_a_set_to_a_device_that_never_connected(broker, agent, 
     # The agent forced out of its twin still runs and takes a new desired document.
     r = twinctl(broker, "set", agent.device_id, "mode=eco", "--wait", "--timeout", "20")
     assert r.returncode == EXIT_OK, r.stderr
+
+
+def test_reapply_wait_says_what_happened(broker, agent, service, running):
+    r = twinctl(broker, "set", agent.device_id, "sendFrequency=5m", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    r = twinctl(None, "--socket", agent.socket, "reapply", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert r.stdout.strip() == "Re-applied configId 1 (desired $version 1): success", r.stdout
+    assert len(running.calls()) == 2
+
+    running.behave(exit=2, stderr="disk on fire")
+    r = twinctl(None, "--socket", agent.socket, "reapply", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_DEVICE_FAILED, (r.returncode, r.stderr)
+    assert "re-applying configId 1 (desired $version 1) failed" in r.stderr, r.stderr
+    assert "disk on fire" in r.stderr, r.stderr
+    r = twinctl(None, "--socket", agent.socket, "reapply", "--wait", "--json", "--timeout", "20")
+    assert r.returncode == EXIT_DEVICE_FAILED, r.stderr
+    assert json.loads(r.stdout)["result"] == "failed", r.stdout
+
+
+def test_reapply_wait_behind_a_running_apply(broker, agent, service, running):
+    r = twinctl(broker, "set", agent.device_id, "sendFrequency=5m", "--wait", "--timeout", "20")
+    assert r.returncode == EXIT_OK, r.stderr
+    running.behave(sleep=2)
+    r = twinctl(broker, "set", agent.device_id, "sendFrequency=1h")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert twinlib.poll(lambda: agent.status()["state"] == "applying", 10)
+    # Queued behind the apply of $version 2, then run for $version 2 again.
+    r = twinctl(None, "--socket", agent.socket, "reapply", "--wait", "--timeout", "30")
+    assert r.returncode == EXIT_OK, r.stderr
+    assert "Re-applied configId 2 (desired $version 2): success" in r.stdout, r.stdout
+    assert len(running.calls()) == 3
