@@ -2,8 +2,6 @@
 #include "twind-conf.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <ini.h>
 #include <stdarg.h>
 #include <grp.h>
 #include <stddef.h>
@@ -14,6 +12,7 @@
 #include <unistd.h>
 
 #include "broker-url.h"
+#include "conf-file.h"
 #include "log.h"
 #include "secret-file.h"
 #include "strv.h"
@@ -407,151 +406,34 @@ int twind_config_set_option(TwindConfig *c, enum TwindConfigKey key, const char 
 typedef struct ParseContext {
         TwindConfig *config;
         const char *path; /* the copy in config->files */
-        FILE *f;
-        unsigned line;     /* counted exactly as inih counts: one per reader call */
-        unsigned err_line; /* first error we detected ourselves, 0 none */
-        int err_errno;     /* a read error, 0 none */
-        bool oom;
-        char *err;
-        size_t errlen;
 } ParseContext;
 
-static void ctx_error(ParseContext *ctx, const char *fmt, ...) _printf_(2, 3);
-static void ctx_error(ParseContext *ctx, const char *fmt, ...)
+static bool config_section(void *userdata, const char *section)
 {
-        va_list ap;
-        int k;
-
-        if (ctx->err_line != 0)
-                return; /* keep the first one */
-        ctx->err_line = ctx->line;
-        if (!ctx->err || ctx->errlen == 0)
-                return;
-        k = snprintf(ctx->err, ctx->errlen, "%s:%u: ", ctx->path, ctx->line);
-        if (k < 0 || (size_t)k >= ctx->errlen)
-                return;
-        va_start(ap, fmt);
-        vsnprintf(ctx->err + k, ctx->errlen - (size_t)k, fmt, ap);
-        va_end(ap);
+        return section_is_known(section);
 }
 
-/*
- * Feeds inih one line at a time so we know the line number in the handler (Debian's inih is
- * built without INI_HANDLER_LINENO). Leading whitespace is dropped so that an indented key is
- * an ordinary key, never a continuation of the previous value (inih's INI_ALLOW_MULTILINE).
- */
-static char *config_reader(char *str, int num, void *stream)
+static int config_key(void *userdata, const char *section, const char *name, const char *value,
+                      unsigned line, char *err, size_t errlen)
 {
-        ParseContext *ctx = stream;
-        _cleanup_free_ char *buf = NULL;
-        size_t cap = 0, len;
-        ssize_t n;
-        char *s;
-
-        errno = 0;
-        n = getline(&buf, &cap, ctx->f);
-        if (n < 0) {
-                if (ferror(ctx->f))
-                        ctx->err_errno = errno > 0 ? errno : EIO;
-                return NULL;
-        }
-        ctx->line++;
-        len = (size_t)n;
-        if (len > 0 && buf[len - 1] == '\n')
-                buf[--len] = '\0';
-        if (len > 0 && buf[len - 1] == '\r')
-                buf[--len] = '\0';
-        if (memchr(buf, '\0', len)) {
-                ctx_error(ctx, "NUL byte in line");
-                snprintf(str, (size_t)num, "%s", "");
-                return str;
-        }
-        s = buf + strspn(buf, " \t");
-        len = strlen(s);
-        if (num <= 0 || len >= (size_t)num) {
-                ctx_error(ctx, "line too long (at most %d characters)", num - 1);
-                snprintf(str, (size_t)num, "%s", "");
-                return str;
-        }
-        memcpy(str, s, len + 1);
-
-        /* Check section headers here so that an unknown one is reported at its own line, even
-         * when it holds no key (inih calls the handler only for keys). Same parsing as inih:
-         * the name runs from '[' to the first ']'. */
-        if (s[0] == '[') {
-                char *close = strchr(s + 1, ']');
-                if (close) {
-                        *close = '\0';
-                        if (!section_is_known(s + 1))
-                                ctx_error(ctx, "unknown section [%s]", s + 1);
-                }
-        }
-        return str;
-}
-
-static int config_handler(void *user, const char *section, const char *name, const char *value)
-{
-        ParseContext *ctx = user;
+        ParseContext *ctx = userdata;
         char reason[256] = "";
         int k, r;
 
-        if (section[0] == '\0') {
-                ctx_error(ctx, "key '%s' outside of any section", name);
-                return 0;
-        }
-        if (!section_is_known(section)) {
-                /* Normally already reported at the section header by config_reader(). */
-                ctx_error(ctx, "unknown section [%s]", section);
-                return 0;
-        }
         k = key_find(section, name);
         if (k < 0) {
-                ctx_error(ctx, "unknown key '%s' in section [%s]", name, section);
-                return 0;
+                snprintf(err, errlen, "unknown key '%s' in section [%s]", name, section);
+                return -EINVAL;
         }
         r = key_set(ctx->config, k, value, reason, sizeof(reason));
-        if (r == -ENOMEM) {
-                ctx->oom = true;
-                ctx_error(ctx, "out of memory");
-                return 0;
-        }
+        if (r == -ENOMEM)
+                return r;
         if (r < 0) {
-                ctx_error(ctx, "[%s] %s: %s", section, name, reason);
-                return 0;
-        }
-        ctx->config->origin[k] = (TwindConfigOrigin){ .file = ctx->path, .line = ctx->line };
-        return 1;
-}
-
-/* Opens path for reading and refuses anything but a regular file. O_NONBLOCK because a FIFO
- * would otherwise block the open (and then the read) until a writer appears, and the file is
- * read again on SIGHUP, on the agent's loop. Returns the fd, or a negative errno (-EISDIR /
- * -EINVAL when not a regular file) with err set. */
-static int open_regular_file(const char *path, char *err, size_t errlen)
-{
-        _cleanup_close_ int fd = -1;
-        struct stat st;
-        int r;
-
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-        if (fd < 0) {
-                r = negative_errno();
-                if (err)
-                        snprintf(err, errlen, "cannot open %s: %s", path, strerror(-r));
+                snprintf(err, errlen, "[%s] %s: %s", section, name, reason);
                 return r;
         }
-        if (fstat(fd, &st) < 0) {
-                r = negative_errno();
-                if (err)
-                        snprintf(err, errlen, "cannot stat %s: %s", path, strerror(-r));
-                return r;
-        }
-        if (!S_ISREG(st.st_mode)) {
-                if (err)
-                        snprintf(err, errlen, "%s is not a regular file", path);
-                return S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-        }
-        return TAKE_FD(fd);
+        ctx->config->origin[k] = (TwindConfigOrigin){ .file = ctx->path, .line = line };
+        return 0;
 }
 
 /* Keeps a copy of path in c->files for the origins; returns the copy. */
@@ -580,60 +462,26 @@ static const char *config_add_file(TwindConfig *c, const char *path)
 int twind_config_load_file(TwindConfig *c, const char *path, bool required, char *err,
                            size_t errlen)
 {
-        ParseContext ctx = {
-                .config = c,
-                .err = err,
-                .errlen = errlen,
+        static const ConfFileCallbacks callbacks = {
+                .section = config_section,
+                .key = config_key,
         };
-        _cleanup_close_ int fd = -1;
+        ParseContext ctx = { .config = c };
         int r;
 
         if (err && errlen > 0)
                 err[0] = '\0';
-
-        fd = open_regular_file(path, err, errlen);
-        if (fd < 0) {
-                if (fd == -ENOENT && !required) {
-                        if (err && errlen > 0)
-                                err[0] = '\0';
-                        return 0;
-                }
-                return fd;
-        }
         ctx.path = config_add_file(c, path);
         if (!ctx.path)
                 return -ENOMEM;
-        ctx.f = fdopen(fd, "re");
-        if (!ctx.f) {
-                r = negative_errno();
-                if (err)
-                        snprintf(err, errlen, "cannot open %s: %s", path, strerror(-r));
+        r = conf_file_parse(path, &callbacks, &ctx, err, errlen);
+        if (r == -ENOENT && !required) {
+                if (err && errlen > 0)
+                        err[0] = '\0';
+                return 0;
+        }
+        if (r < 0)
                 return r;
-        }
-        fd = -1; /* owned by ctx.f now */
-
-        r = ini_parse_stream(config_reader, &ctx, config_handler, &ctx);
-        fclose(ctx.f);
-
-        if (ctx.err_errno != 0) {
-                if (err)
-                        snprintf(err, errlen, "cannot read %s: %s", path, strerror(ctx.err_errno));
-                return -ctx.err_errno;
-        }
-        if (r == -2 || ctx.oom) {
-                if (err)
-                        snprintf(err, errlen, "%s: out of memory", path);
-                return -ENOMEM;
-        }
-        /* inih returns the first line it refused; ours may be earlier (a section header). */
-        if (r > 0 && (ctx.err_line == 0 || (unsigned)r < ctx.err_line)) {
-                if (err)
-                        snprintf(err, errlen, "%s:%d: syntax error", path, r);
-                return -EINVAL;
-        }
-        if (ctx.err_line != 0 || r != 0)
-                return -EINVAL;
-
         return twind_config_set_string(&c->path, path);
 }
 
