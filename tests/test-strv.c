@@ -51,8 +51,26 @@ static void check_refused(int line, const char *cmdline)
         strv_free(l);
 }
 
+static void test_extend_and_join(void)
+{
+        _cleanup_strv_free_ char **l = NULL;
+        char *j;
+
+        j = strv_join(l, ", ");
+        CHECK_STR_EQ(j, "");
+        free(j);
+        CHECK_INT_EQ(strv_extend(&l, "a"), 0);
+        CHECK_INT_EQ(strv_extend(&l, "b c"), 0);
+        CHECK_INT_EQ(strv_length(l), 2);
+        CHECK(strv_contains(l, "b c") && !strv_contains(l, "b"));
+        j = strv_join(l, ", ");
+        CHECK_STR_EQ(j, "a, b c");
+        free(j);
+}
+
 int main(void)
 {
+        test_extend_and_join();
         check_split(__LINE__, "/usr/bin/apply", "/usr/bin/apply", NULL);
         check_split(__LINE__, "  /bin/echo   a\tb\nc  ", "/bin/echo", "a", "b", "c", NULL);
         check_split(__LINE__, "sh -c \"echo hello world\"", "sh", "-c", "echo hello world", NULL);

@@ -24,6 +24,43 @@ bool strv_contains(char *const *l, const char *s)
         return false;
 }
 
+int strv_extend(char ***l, const char *s)
+{
+        size_t n = strv_length(*l);
+        char *copy = strdup(s), **nl;
+
+        if (!copy)
+                return -ENOMEM;
+        nl = realloc(*l, (n + 2) * sizeof(char *));
+        if (!nl) {
+                free(copy);
+                return -ENOMEM;
+        }
+        nl[n] = copy;
+        nl[n + 1] = NULL;
+        *l = nl;
+        return 0;
+}
+
+char *strv_join(char *const *l, const char *sep)
+{
+        size_t len = 1, n = strv_length(l);
+        char *s;
+
+        for (size_t i = 0; i < n; i++)
+                len += strlen(l[i]) + (i > 0 ? strlen(sep) : 0);
+        s = malloc(len);
+        if (!s)
+                return NULL;
+        s[0] = '\0';
+        for (size_t i = 0; i < n; i++) {
+                if (i > 0)
+                        strcat(s, sep);
+                strcat(s, l[i]);
+        }
+        return s;
+}
+
 size_t strv_length(char *const *l)
 {
         size_t n = 0;

@@ -18,6 +18,12 @@ size_t strv_length(char *const *l);
 /* Whether l (may be NULL) holds the string s. */
 bool strv_contains(char *const *l, const char *s);
 
+/* Appends a copy of s to *l (which may be NULL). Returns 0 or -ENOMEM (*l unchanged). */
+int strv_extend(char ***l, const char *s);
+
+/* The strings of l joined by sep, malloc'd; "" for an empty or NULL l; NULL on ENOMEM. */
+char *strv_join(char *const *l, const char *sep);
+
 /*
  * Splits a command line into words the way systemd's ExecStart= does for the common cases:
  * words separated by blanks (space, tab, newline), "double" and 'single' quotes group (and may

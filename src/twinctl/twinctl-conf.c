@@ -1,159 +1,332 @@
 /* SPDX-License-Identifier: MIT */
-/* Precedence: command line > TWINCTL_BROKER (URL only) > the configuration file > defaults. */
+/*
+ * Where twinctl's service settings come from, lowest first: the defaults; [broker] of
+ * /etc/twind/twinctl.conf, then of the user's ~/.config/twinctl/twinctl.conf; [profile NAME] of
+ * the same two files (--profile NAME, $TWINCTL_PROFILE); $TWINCTL_BROKER and $TWINCTL_AZURE;
+ * the command line. --config FILE reads that file instead of both. Every value remembers its
+ * source, so that a bad one is named by it.
+ */
 #include "twinctl-conf.h"
 
 #include <errno.h>
-#include <ini.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "broker-url.h"
+#include "conf-file.h"
 #include "log.h"
 #include "macro.h"
 #include "secret-file.h"
+#include "strv.h"
 #include "twin-model.h"
 
+enum TwinctlKey {
+        TWINCTL_KEY_URL,
+        TWINCTL_KEY_USERNAME,
+        TWINCTL_KEY_PASSWORD_FILE,
+        TWINCTL_KEY_CAFILE,
+        TWINCTL_KEY_CERTFILE,
+        TWINCTL_KEY_KEYFILE,
+        TWINCTL_KEY_TOPIC_ROOT,
+        TWINCTL_KEY_AZURE,
+        TWINCTL_KEY_DIALECT,
+        TWINCTL_KEY_SHADOW,
+        _TWINCTL_KEY_MAX,
+};
+
+#define NO_FIELD SIZE_MAX
+
+/* A key: its name in a section, the field of TwinctlArgs it fills (NO_FIELD: handled apart),
+ * the command-line option and the environment variable that set it too. */
+static const struct {
+        const char *name;
+        size_t offset;
+        const char *option, *env;
+} keys[_TWINCTL_KEY_MAX] = {
+        [TWINCTL_KEY_URL] = { "url", offsetof(TwinctlArgs, broker_url), "--broker",
+                              "TWINCTL_BROKER" },
+        [TWINCTL_KEY_USERNAME] = { "username", offsetof(TwinctlArgs, username), "--username" },
+        [TWINCTL_KEY_PASSWORD_FILE] = { "password_file", offsetof(TwinctlArgs, password_file),
+                                        "--password-file" },
+        [TWINCTL_KEY_CAFILE] = { "cafile", offsetof(TwinctlArgs, cafile), "--cafile" },
+        [TWINCTL_KEY_CERTFILE] = { "certfile", offsetof(TwinctlArgs, certfile), "--certfile" },
+        [TWINCTL_KEY_KEYFILE] = { "keyfile", offsetof(TwinctlArgs, keyfile), "--keyfile" },
+        [TWINCTL_KEY_TOPIC_ROOT] = { "topic_root", offsetof(TwinctlArgs, topic_root),
+                                     "--topic-root" },
+        [TWINCTL_KEY_AZURE] = { "azure", offsetof(TwinctlArgs, azure_file), "--azure",
+                                "TWINCTL_AZURE" },
+        [TWINCTL_KEY_DIALECT] = { "dialect", NO_FIELD, "--dialect" },
+        [TWINCTL_KEY_SHADOW] = { "shadow", offsetof(TwinctlArgs, shadow), "--shadow" },
+};
+
+#define PROFILE_PREFIX "profile "
+
+/* A value from a file, and where: "FILE:LINE: [section] key". */
+typedef struct Setting {
+        char *value;
+        char *source;
+} Setting;
+
 typedef struct ConfParse {
-        TwinctlArgs *args;
+        const char *profile;              /* the profile asked for, NULL: none */
+        Setting base[_TWINCTL_KEY_MAX];   /* [broker], the last file's winning */
+        Setting chosen[_TWINCTL_KEY_MAX]; /* [profile <profile>] */
+        char **profiles;                  /* every profile the files define */
         const char *path;
-        /* Values from the file; applied only where the command line left a gap. */
-        char *url, *username, *password_file, *cafile, *certfile, *keyfile, *topic_root;
-        int error;
 } ConfParse;
+
+static void conf_parse_done(ConfParse *p)
+{
+        for (int k = 0; k < _TWINCTL_KEY_MAX; k++) {
+                free(p->base[k].value);
+                free(p->base[k].source);
+                free(p->chosen[k].value);
+                free(p->chosen[k].source);
+        }
+        strv_free(p->profiles);
+}
 
 static int set_string(char **dst, const char *value)
 {
-        char *s = strdup(value);
+        char *s = value ? strdup(value) : NULL;
 
-        if (!s)
+        if (value && !s)
                 return -ENOMEM;
         free(*dst);
         *dst = s;
         return 0;
 }
 
-/* Debian's inih is built without INI_HANDLER_LINENO: warnings name the file, not the line. */
-static int conf_handler(void *user, const char *section, const char *name, const char *value)
+static bool profile_name_is_valid(const char *s)
 {
-        ConfParse *p = user;
-        char **dst = NULL;
+        size_t n = strlen(s);
 
-        if (strcmp(section, "broker") != 0) {
-                log_warning("%s: unknown section [%s], ignoring", p->path, section);
-                return 1;
-        }
-        if (strcmp(name, "url") == 0)
-                dst = &p->url;
-        else if (strcmp(name, "username") == 0)
-                dst = &p->username;
-        else if (strcmp(name, "password_file") == 0)
-                dst = &p->password_file;
-        else if (strcmp(name, "cafile") == 0)
-                dst = &p->cafile;
-        else if (strcmp(name, "certfile") == 0)
-                dst = &p->certfile;
-        else if (strcmp(name, "keyfile") == 0)
-                dst = &p->keyfile;
-        else if (strcmp(name, "topic_root") == 0)
-                dst = &p->topic_root;
-        else {
-                log_warning("%s: unknown key '%s' in [broker], ignoring", p->path, name);
-                return 1;
-        }
-        if (!*value) {
-                /* An empty value leaves the setting to the default. */
-                free(*dst);
-                *dst = NULL;
-                return 1;
-        }
-        if (set_string(dst, value) < 0) {
-                p->error = -ENOMEM;
-                return 0;
-        }
-        return 1;
+        return n > 0 && n <= 64 &&
+               strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == n;
 }
 
-/* Moves *from into *to when *to is still unset. */
-static void fill(char **to, char **from)
+static bool conf_section(void *userdata, const char *section)
 {
-        if (!*to && *from)
-                *to = TAKE_PTR(*from);
+        return strcmp(section, "broker") == 0 ||
+               (strncmp(section, PROFILE_PREFIX, strlen(PROFILE_PREFIX)) == 0 &&
+                profile_name_is_valid(section + strlen(PROFILE_PREFIX)));
 }
 
-static void conf_parse_done(ConfParse *p)
+static int key_find(const char *name)
 {
-        free(p->url);
-        free(p->username);
-        free(p->password_file);
-        free(p->cafile);
-        free(p->certfile);
-        free(p->keyfile);
-        free(p->topic_root);
+        for (int k = 0; k < _TWINCTL_KEY_MAX; k++)
+                if (strcmp(keys[k].name, name) == 0)
+                        return k;
+        return -1;
 }
 
-int twinctl_conf_load(TwinctlArgs *args, const char *path, bool required)
+static bool dialect_is_valid(const char *s)
 {
-        _cleanup_(conf_parse_done) ConfParse p = { .args = args, .path = path };
-        const char *env, *source = "the default";
-        char file_source[600], reason[256] = "";
-        BrokerUrl *urls = NULL;
-        size_t n_urls = 0;
-        FILE *f;
+        return strcmp(s, "standard") == 0 || strcmp(s, "azure") == 0 || strcmp(s, "aws") == 0;
+}
+
+static int conf_key(void *userdata, const char *section, const char *name, const char *value,
+                    unsigned line, char *err, size_t errlen)
+{
+        ConfParse *p = userdata;
+        const char *profile = NULL;
+        Setting *slot = NULL;
+        int k = key_find(name);
+
+        if (k < 0) {
+                snprintf(err, errlen, "unknown key '%s' in [%s]", name, section);
+                return -EINVAL;
+        }
+        if (k == TWINCTL_KEY_DIALECT && *value && !dialect_is_valid(value)) {
+                snprintf(err, errlen, "[%s] dialect: '%s' is not standard, azure or aws", section,
+                         value);
+                return -EINVAL;
+        }
+        if (strncmp(section, PROFILE_PREFIX, strlen(PROFILE_PREFIX)) == 0) {
+                profile = section + strlen(PROFILE_PREFIX);
+                if (!strv_contains(p->profiles, profile) && strv_extend(&p->profiles, profile) < 0)
+                        return -ENOMEM;
+                if (p->profile && strcmp(profile, p->profile) == 0)
+                        slot = &p->chosen[k];
+        } else
+                slot = &p->base[k];
+        if (!slot)
+                return 0; /* another profile: checked, not used */
+        /* An empty value brings back what a lower layer says (in the end the default). */
+        if (set_string(&slot->value, *value ? value : NULL) < 0)
+                return -ENOMEM;
+        free(slot->source);
+        if (asprintf(&slot->source, "%s:%u: [%s] %s", p->path, line, section, name) < 0) {
+                slot->source = NULL;
+                return -ENOMEM;
+        }
+        return 0;
+}
+
+/* Reads one file into p; a missing one is fine unless required. */
+static int conf_read(ConfParse *p, const char *path, bool required)
+{
+        static const ConfFileCallbacks callbacks = {
+                .section = conf_section,
+                .key = conf_key,
+        };
+        char err[700];
         int r;
 
-        f = fopen(path, "re");
-        if (f) {
-                r = ini_parse_file(f, conf_handler, &p);
-                fclose(f);
-                if (p.error < 0)
-                        return log_error_errno(p.error, "Failed to read %s", path);
-                if (r > 0) {
-                        log_error("%s:%d: syntax error", path, r);
-                        return -EINVAL;
-                }
-                if (r < 0)
-                        return log_error_errno(-EIO, "Failed to read %s", path);
-        } else if (errno != ENOENT || required)
-                return log_error_errno(negative_errno(), "Failed to open %s", path);
-
-        /* Where the URL comes from, so that a bad one is named by its source. */
-        if (args->broker_url)
-                source = "--broker";
-        env = getenv("TWINCTL_BROKER");
-        if (!args->broker_url && env && *env) {
-                if (set_string(&args->broker_url, env) < 0)
-                        return log_error_errno(-ENOMEM, "Out of memory");
-                source = "$TWINCTL_BROKER";
+        p->path = path;
+        r = conf_file_parse(path, &callbacks, p, err, sizeof err);
+        if (r == -ENOENT && !required)
+                return 0;
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Out of memory");
+        if (r < 0) {
+                log_error("%s", err);
+                return r;
         }
-        if (!args->broker_url && p.url) {
-                snprintf(file_source, sizeof file_source, "%s: [broker] url", path);
-                source = file_source;
-        }
-        fill(&args->broker_url, &p.url);
-        fill(&args->username, &p.username);
-        fill(&args->password_file, &p.password_file);
-        fill(&args->cafile, &p.cafile);
-        fill(&args->certfile, &p.certfile);
-        fill(&args->keyfile, &p.keyfile);
-        fill(&args->topic_root, &p.topic_root);
+        return 0;
+}
 
-        if (!args->broker_url && set_string(&args->broker_url, TWINCTL_BROKER_DEFAULT) < 0)
+/* The user's own file: $XDG_CONFIG_HOME/twinctl/twinctl.conf, else
+ * $HOME/.config/twinctl/twinctl.conf; NULL when neither variable says. */
+static char *user_conf_path(void)
+{
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+        char *path = NULL;
+
+        if (xdg && xdg[0] == '/') {
+                if (asprintf(&path, "%s/twinctl/twinctl.conf", xdg) < 0)
+                        return NULL;
+        } else if (home && home[0] == '/') {
+                if (asprintf(&path, "%s/.config/twinctl/twinctl.conf", home) < 0)
+                        return NULL;
+        }
+        return path;
+}
+
+static void log_profiles_defined(const ConfParse *p, const char *files)
+{
+        _cleanup_free_ char *list = p->profiles ? strv_join(p->profiles, ", ") : NULL;
+
+        log_error("profile '%s' is not defined in %s (%s%s)", p->profile, files,
+                  list ? "profiles there: " : "no profiles there", list ? list : "");
+}
+
+int twinctl_conf_load(TwinctlArgs *args, const char *system_path)
+{
+        _cleanup_(conf_parse_done) ConfParse p = { 0 };
+        _cleanup_free_ char *user_path = NULL, *files = NULL;
+        const char *source[_TWINCTL_KEY_MAX] = { 0 }, *env;
+        char reason[256] = "";
+        BrokerUrl *urls = NULL;
+        size_t n_urls = 0;
+        int r;
+
+        env = getenv("TWINCTL_PROFILE");
+        p.profile = args->profile ? args->profile : env && *env ? env : NULL;
+        if (p.profile && !profile_name_is_valid(p.profile)) {
+                log_error("%s: '%s' is not a profile name (letters, digits, - _ .)",
+                          args->profile ? "--profile" : "$TWINCTL_PROFILE", p.profile);
+                return -EINVAL;
+        }
+
+        if (args->config_path) {
+                r = conf_read(&p, args->config_path, true);
+                files = strdup(args->config_path);
+        } else {
+                user_path = user_conf_path();
+                r = conf_read(&p, system_path, false);
+                if (r >= 0 && user_path)
+                        r = conf_read(&p, user_path, false);
+                if (asprintf(&files, "%s%s%s", system_path, user_path ? " and " : "",
+                             user_path ? user_path : "") < 0)
+                        files = NULL;
+        }
+        if (r < 0)
+                return r;
+        if (!files)
                 return log_error_errno(-ENOMEM, "Out of memory");
+        if (p.profile && !strv_contains(p.profiles, p.profile)) {
+                log_profiles_defined(&p, files);
+                return -EINVAL;
+        }
+
+        /* Highest first: the command line, the environment, the profile, [broker]. */
+        for (int k = 0; k < _TWINCTL_KEY_MAX; k++) {
+                char **field =
+                    keys[k].offset == NO_FIELD ? NULL : (char **)((char *)args + keys[k].offset);
+                const Setting *from = p.chosen[k].value ? &p.chosen[k]
+                                      : p.base[k].value ? &p.base[k]
+                                                        : NULL;
+
+                if (k == TWINCTL_KEY_DIALECT) {
+                        if (args->dialect_given)
+                                source[k] = keys[k].option;
+                        else if (from) {
+                                args->aws = strcmp(from->value, "aws") == 0;
+                                args->dialect_azure = strcmp(from->value, "azure") == 0;
+                                source[k] = from->source;
+                        }
+                        continue;
+                }
+                if (*field) {
+                        source[k] = keys[k].option;
+                        continue;
+                }
+                env = keys[k].env ? getenv(keys[k].env) : NULL;
+                if (env && *env) {
+                        if (set_string(field, env) < 0)
+                                return log_error_errno(-ENOMEM, "Out of memory");
+                        source[k] = k == TWINCTL_KEY_URL ? "$TWINCTL_BROKER" : "$TWINCTL_AZURE";
+                        continue;
+                }
+                if (from) {
+                        if (set_string(field, from->value) < 0)
+                                return log_error_errno(-ENOMEM, "Out of memory");
+                        source[k] = from->source;
+                }
+        }
+
+        /* What the settings say together. */
+        if (args->dialect_azure && !args->azure_file) {
+                log_error("%s: the azure dialect needs the service connection string: --azure "
+                          "FILE, $TWINCTL_AZURE or an azure key",
+                          source[TWINCTL_KEY_DIALECT]);
+                return -EINVAL;
+        }
+        if (args->azure_file && args->aws) {
+                log_error("%s and %s: IoT Hub and AWS IoT cannot be used together",
+                          source[TWINCTL_KEY_AZURE], source[TWINCTL_KEY_DIALECT]);
+                return -EINVAL;
+        }
+        if (args->shadow && !args->aws) {
+                log_error("%s: a shadow is for the aws dialect", source[TWINCTL_KEY_SHADOW]);
+                return -EINVAL;
+        }
+
+        if (!args->broker_url) {
+                if (set_string(&args->broker_url, TWINCTL_BROKER_DEFAULT) < 0)
+                        return log_error_errno(-ENOMEM, "Out of memory");
+                source[TWINCTL_KEY_URL] = "the default";
+        }
         /* One URL, or the nodes of one clustered broker. */
         r = broker_url_list_parse(args->broker_url, &urls, &n_urls, reason, sizeof reason);
         broker_url_list_free(urls, n_urls);
         if (r == -ENOMEM)
                 return log_error_errno(r, "Out of memory");
         if (r < 0) {
-                log_error("%s: %s", source, reason[0] ? reason : "not a valid broker URL");
+                log_error("%s: %s", source[TWINCTL_KEY_URL],
+                          reason[0] ? reason : "not a valid broker URL");
                 return -EINVAL;
         }
         if (!args->topic_root && set_string(&args->topic_root, TWIN_TOPIC_ROOT_DEFAULT) < 0)
                 return log_error_errno(-ENOMEM, "Out of memory");
         if (!twin_topic_root_is_valid(args->topic_root)) {
-                log_error("invalid topic root '%s': it must be non-empty, without '+', '#', and "
-                          "not start or end with '/'",
+                log_error("%s: invalid topic root '%s': it must be non-empty, without '+', '#', "
+                          "and not start or end with '/'",
+                          source[TWINCTL_KEY_TOPIC_ROOT] ? source[TWINCTL_KEY_TOPIC_ROOT]
+                                                         : "--topic-root",
                           args->topic_root);
                 return -EINVAL;
         }

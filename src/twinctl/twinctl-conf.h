@@ -1,17 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 #pragma once
 
-/* Broker settings from TWINCTL_BROKER and /etc/twind/twinctl.conf. */
+/* The service settings: the command line, the environment, the configuration files and their
+ * profiles (twinctl(1), "CONFIGURATION"). */
 
 #include "twinctl.h"
 
 #define TWINCTL_BROKER_DEFAULT "mqtt://127.0.0.1:1883"
 
-/* Fills the broker settings that the command line left unset: the URL from TWINCTL_BROKER, then
- * everything from the INI file at path (a missing file is fine unless required), then the defaults.
- * Validates the URL (naming where it came from) and the topic root. Returns 0, or a negative errno
- * after logging the problem. */
-int twinctl_conf_load(TwinctlArgs *args, const char *path, bool required);
+/* Fills the service settings that the command line left unset: $TWINCTL_BROKER and
+ * $TWINCTL_AZURE, then the profile (--profile, $TWINCTL_PROFILE) and [broker] of the user's
+ * file ($XDG_CONFIG_HOME or ~/.config, twinctl/twinctl.conf) over those of system_path (both
+ * optional), or of args->config_path alone (required), then the defaults. Checks what they say
+ * together, naming where each value came from (FILE:LINE, option, variable). Returns 0,
+ * -EINVAL after saying what is wrong, or another negative errno after logging it. */
+int twinctl_conf_load(TwinctlArgs *args, const char *system_path);
 
 /* Reads a password file with secret_file_read() (the same rules as twind: one trailing line end
  * dropped, wiped with secret_free()). Returns 0, or a negative errno after logging the

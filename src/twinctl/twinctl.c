@@ -95,12 +95,15 @@ static void help(void)
                "  reapply                     Run the apply of the current desired again\n"
                "  report KEY=VALUE...         Report properties of the device itself next to\n"
                "                              the applied ones (KEY=null removes one)\n"
-               "\n"
-               "Options:\n"
+               "\n");
+        /* In parts: C11 compilers need not take longer string literals. */
+        printf("Options:\n"
                "  -h --help                   Show this help\n"
                "     --version                Show the version\n"
-               "     --config=FILE            Broker settings from FILE instead of\n"
-               "                              %s\n"
+               "     --config=FILE            Service settings from FILE instead of\n"
+               "                              %s and ~/.config/twinctl/twinctl.conf\n"
+               "     --profile=NAME           The settings of [profile NAME] (also\n"
+               "                              $TWINCTL_PROFILE)\n"
                "  -b --broker=URL             mqtt://HOST[:PORT] or mqtts://HOST[:PORT]\n"
                "     --username=NAME          Broker user name\n"
                "     --password-file=PATH     File holding the broker password\n"
@@ -140,7 +143,8 @@ static void help(void)
                "  3 device reported failed    8 access denied\n"
                "  4 timed out\n"
                "\n"
-               "Broker settings: command line, then $TWINCTL_BROKER (URL), then\n"
+               "Service settings: command line, then $TWINCTL_BROKER and $TWINCTL_AZURE, then\n"
+               "the profile, then [broker] of ~/.config/twinctl/twinctl.conf and of\n"
                "%s, then mqtt://127.0.0.1:1883.\n"
                "See twinctl(1) for details.\n",
                TWINCTL_CONF_PATH, TWINCTL_SOCKET_DEFAULT, TWINCTL_CONF_PATH);
@@ -157,6 +161,7 @@ static void args_done(TwinctlArgs *a)
         free(a->topic_root);
         free(a->socket_path);
         free(a->config_path);
+        free(a->profile);
         free(a->azure_file);
         free(a->set_file);
         free(a->shadow);
@@ -224,6 +229,7 @@ enum {
         ARG_DEVICES,
         ARG_FORCE,
         ARG_SUCCESS,
+        ARG_PROFILE,
         ARG_ONLINE,
         ARG_FILE,
 };
@@ -258,6 +264,7 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "devices", no_argument, NULL, ARG_DEVICES },
                 { "force", no_argument, NULL, ARG_FORCE },
                 { "success", no_argument, NULL, ARG_SUCCESS },
+                { "profile", required_argument, NULL, ARG_PROFILE },
                 { "online", no_argument, NULL, ARG_ONLINE },
                 { "file", required_argument, NULL, ARG_FILE },
                 { NULL, 0, NULL, 0 },
@@ -327,6 +334,9 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_OFFLINE:
                         a->filter_offline = true;
                         break;
+                case ARG_PROFILE:
+                        r = set_arg(&a->profile, optarg);
+                        break;
                 case ARG_SUCCESS:
                         a->filter_success = true;
                         break;
@@ -340,6 +350,7 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                         r = set_arg(&a->azure_file, optarg);
                         break;
                 case ARG_DIALECT:
+                        a->dialect_given = true;
                         if (strcmp(optarg, "aws") == 0)
                                 a->aws = true;
                         else if (strcmp(optarg, "azure") == 0)
@@ -455,26 +466,7 @@ int main(int argc, char **argv)
                 return TWINCTL_EXIT_USAGE;
 
         if (verb->broker) {
-                const char *env = getenv("TWINCTL_AZURE");
-
-                if (!args.azure_file && env && *env && set_arg(&args.azure_file, env) < 0)
-                        return TWINCTL_EXIT_FAILURE;
-                if (args.dialect_azure && !args.azure_file) {
-                        log_error("--dialect azure needs the service connection string: "
-                                  "--azure FILE (or $TWINCTL_AZURE)");
-                        return TWINCTL_EXIT_USAGE;
-                }
-                if (args.azure_file && args.aws) {
-                        log_error("--azure and --dialect aws cannot be used together");
-                        return TWINCTL_EXIT_USAGE;
-                }
-                if (args.shadow && !args.aws) {
-                        log_error("--shadow is for --dialect aws");
-                        return TWINCTL_EXIT_USAGE;
-                }
-                r = twinctl_conf_load(&args,
-                                      args.config_path ? args.config_path : TWINCTL_CONF_PATH,
-                                      args.config_path != NULL);
+                r = twinctl_conf_load(&args, TWINCTL_CONF_PATH);
                 if (r < 0)
                         return r == -EINVAL ? TWINCTL_EXIT_USAGE : TWINCTL_EXIT_FAILURE;
         }

@@ -46,6 +46,8 @@ typedef struct TwinctlArgs {
         /* AWS IoT (--dialect aws): the thing's shadow, NULL for the classic one */
         bool aws;
         bool dialect_azure; /* --dialect azure: needs azure_file */
+        bool dialect_given; /* --dialect was given (standard included) */
+        char *profile;      /* --profile NAME */
         char *shadow;
         /* output */
         bool json;

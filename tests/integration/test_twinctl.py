@@ -32,8 +32,10 @@ def twinctl_binary():
 
 def environment():
     env = dict(os.environ)
-    for k in ("TWINCTL_BROKER", "JOURNAL_STREAM", "NO_COLOR"):
+    for k in ("TWINCTL_BROKER", "TWINCTL_AZURE", "TWINCTL_PROFILE", "JOURNAL_STREAM", "NO_COLOR"):
         env.pop(k, None)
+    # Not the user's own ~/.config/twinctl/twinctl.conf: tests say what they read.
+    env["XDG_CONFIG_HOME"] = "/nonexistent/twinctl-tests"
     return env
 
 
@@ -1110,7 +1112,7 @@ def test_bad_broker_url_names_where_it_came_from(tmp_path):
     conf.write_text("[broker]\nurl = http://nowhere\n")
     r = twinctl(None, "--config", str(conf), "list")
     assert r.returncode == EXIT_USAGE, r.stderr
-    assert f"{conf}: [broker] url: " in r.stderr and "http://nowhere" in r.stderr, r.stderr
+    assert f"{conf}:2: [broker] url: " in r.stderr and "http://nowhere" in r.stderr, r.stderr
     env = dict(environment(), TWINCTL_BROKER="mqtt://")
     r = subprocess.run([twinctl_binary(), "--config", str(conf), "list"], capture_output=True,
                        text=True, timeout=30, env=env)
@@ -1119,6 +1121,50 @@ def test_bad_broker_url_names_where_it_came_from(tmp_path):
     assert r.returncode == EXIT_USAGE and "--broker: " in r.stderr, r.stderr
     r = twinctl(None, "--config", str(tmp_path / "missing.conf"), "list")
     assert r.returncode != EXIT_OK and "missing.conf" in r.stderr, r.stderr
+
+
+def test_profiles_and_the_users_own_file(tmp_path, broker):
+    xdg = tmp_path / "xdg"
+    (xdg / "twinctl").mkdir(parents=True)
+    conf = xdg / "twinctl" / "twinctl.conf"
+    dead = f"mqtt://127.0.0.1:{twinlib.free_port()}"
+    conf.write_text(f"[broker]\nurl = {dead}\n\n[profile lab]\nurl = {broker.url}\n"
+                    f"topic_root = twins\n\n[profile aws]\ndialect = aws\n")
+    env = dict(environment(), XDG_CONFIG_HOME=str(xdg))
+
+    def run(*args, **extra):
+        return subprocess.run([twinctl_binary(), *args], capture_output=True, text=True,
+                              timeout=30, env=dict(env, **extra), stdin=subprocess.DEVNULL)
+
+    # [broker] of the user's file: its dead URL, named in the error.
+    r = run("list")
+    assert r.returncode == EXIT_UNREACHABLE, (r.returncode, r.stderr)
+    # A profile over it, by option or by variable.
+    assert run("--profile", "lab", "list").returncode == EXIT_OK
+    assert run("list", TWINCTL_PROFILE="lab").returncode == EXIT_OK
+    # The command line over everything.
+    assert run("--profile", "aws", "--broker", broker.url, "--dialect", "standard",
+               "list").returncode == EXIT_OK
+    r = run("--profile", "nope", "list")
+    assert r.returncode == EXIT_USAGE, r.stderr
+    assert (f"profile 'nope' is not defined in " in r.stderr and str(conf) in r.stderr and
+            "profiles there: lab, aws" in r.stderr), r.stderr
+    # Errors name the file and the line.
+    conf.write_text("[broker]\nurl = mqtt://a\n[profile lab]\nuser = x\n")
+    r = run("--profile", "lab", "list")
+    assert r.returncode == EXIT_USAGE and f"{conf}:4: unknown key 'user' in [profile lab]" in \
+        r.stderr, r.stderr
+    conf.write_text("[profile lab]\nurl = mqtt://a:70000\n")
+    r = run("--profile", "lab", "list")
+    assert r.returncode == EXIT_USAGE and f"{conf}:2: [profile lab] url: " in r.stderr, r.stderr
+    conf.write_text("[profile lab]\nshadow = s\n")
+    r = run("--profile", "lab", "list")
+    assert r.returncode == EXIT_USAGE and f"{conf}:2: [profile lab] shadow: a shadow is for" in \
+        r.stderr, r.stderr
+    # --config FILE is read instead of both files.
+    other = tmp_path / "other.conf"
+    other.write_text(f"[profile lab]\nurl = {broker.url}\n")
+    assert run("--config", str(other), "--profile", "lab", "list").returncode == EXIT_OK
 
 
 def test_set_nested_paths_change_one_member(broker, client):
