@@ -382,6 +382,11 @@ int64_t twin_document_version(const json_t *doc)
         return json_integer_value(v);
 }
 
+bool twin_key_is_property(const char *key)
+{
+        return key[0] != '$' && strcmp(key, TWIN_SIGNATURE_PROPERTY) != 0;
+}
+
 json_t *twin_properties(const json_t *doc)
 {
         _cleanup_json_ json_t *props = json_object();
@@ -393,7 +398,7 @@ json_t *twin_properties(const json_t *doc)
         if (!json_is_object(doc))
                 return TAKE_PTR(props);
         json_object_foreach ((json_t *)doc, key, v) {
-                if (key[0] == '$')
+                if (!twin_key_is_property(key))
                         continue;
                 /* A deep copy: the caller may patch the result without touching doc. */
                 if (json_object_set_new(props, key, json_deep_copy(v)) < 0)
@@ -413,10 +418,10 @@ bool twin_properties_equal(const json_t *a, const json_t *b)
         json_t *v;
 
         json_object_foreach ((json_t *)a, key, v)
-                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                if (twin_key_is_property(key) && !json_equal(v, json_object_get(b, key)))
                         return false;
         json_object_foreach ((json_t *)b, key, v)
-                if (key[0] != '$' && !json_object_get(a, key))
+                if (twin_key_is_property(key) && !json_object_get(a, key))
                         return false;
         return true;
 }
@@ -523,10 +528,10 @@ json_t *twin_diff_keys(const json_t *a, const json_t *b)
                 return NULL;
 
         json_object_foreach ((json_t *)a, key, v)
-                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                if (twin_key_is_property(key) && !json_equal(v, json_object_get(b, key)))
                         keys[n++] = key;
         json_object_foreach ((json_t *)b, key, v)
-                if (key[0] != '$' && !json_object_get(a, key))
+                if (twin_key_is_property(key) && !json_object_get(a, key))
                         keys[n++] = key;
 
         qsort(keys, n, sizeof(char *), strcmp_ptr);
