@@ -535,8 +535,9 @@ static bool status_is(const Manager *m, const char *state)
 }
 
 /* A refused document: report failed naming the problem, unless this very document was refused
- * last (a redelivery). */
-static void refuse_desired(Manager *m, int64_t version, const char *digest, const char *reason)
+ * last (a redelivery). config_id: the document's, when it could be read. */
+static void refuse_desired(Manager *m, int64_t version, const json_t *config_id, const char *digest,
+                           const char *reason)
 {
         const json_t *st = m->state->status;
         LogFields f = apply_fields(m, NULL, version);
@@ -563,7 +564,7 @@ static void refuse_desired(Manager *m, int64_t version, const char *digest, cons
         log_full(LOG_ERR, 0, &f, "Refusing desired document: %s", reason);
         set_last_error(m, reason);
         answer_desired(m, version, digest,
-                       make_status("failed", version, NULL, NULL, reason, false));
+                       make_status("failed", version, config_id, NULL, reason, false));
         update_status_text(m);
 }
 
@@ -629,7 +630,7 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                         r = twin_digest(what, strlen(what), digest);
                 } else
                         r = twin_digest(payload, len, digest);
-                refuse_desired(m, version, r < 0 ? NULL : digest, err);
+                refuse_desired(m, version, NULL, r < 0 ? NULL : digest, err);
                 return;
         }
         r = twin_document_digest(doc, digest);
@@ -661,7 +662,9 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                 return;
         }
         if (r < 0) {
-                refuse_desired(m, version, digest, err);
+                /* A document that was read: its configId names it in the answer too, as for a
+                 * failed apply (twinctl set --wait waits for that). */
+                refuse_desired(m, version, config_id, digest, err);
                 return;
         }
 
