@@ -10,7 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "test-util.h"
+#include "twin-signature.h"
 #include "twind-conf.h"
 #include "twind-dialect.h"
 
@@ -88,6 +90,8 @@ static void test_defaults(void)
         CHECK(c->apply_command == NULL);
         CHECK(c->username == NULL);
         CHECK(c->password_file == NULL);
+        CHECK_STR_EQ(c->trust_keys, TWIND_SYSCONFDIR "/twind/trusted-keys.d");
+        CHECK(!c->require_signature);
 }
 
 static void test_report_group(void)
@@ -593,6 +597,9 @@ static void test_check_files(void)
                      "4: [apply] command: cannot split");
 
         CHECK_INT_EQ(twind_config_new(&c), 0);
+        /* Not the machine's own trusted keys. */
+        snprintf(want, sizeof want, "%s/no-trusted-keys", tmpdir);
+        CHECK_INT_EQ(twind_config_set_string(&c->trust_keys, want), 0);
         CHECK_INT_EQ(twind_config_set_string(&c->apply_command, script), 0);
         CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), 0);
 
@@ -619,6 +626,73 @@ static void test_check_files(void)
         CHECK_STR_EQ(err, want);
 }
 
+/* Writes a fresh public key to dir/name. */
+static void write_public_key(const char *dir, const char *name)
+{
+        _cleanup_evp_pkey_ EVP_PKEY *key = NULL;
+        _cleanup_free_ char *pem = NULL;
+        char path[600];
+        FILE *f;
+
+        if (twin_key_generate(&key) < 0 || twin_key_to_pem(key, false, &pem) < 0)
+                exit(2);
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        f = fopen(path, "we");
+        if (!f || fputs(pem, f) < 0 || fclose(f) != 0)
+                exit(2);
+}
+
+/* [trust]: the keys directory and require_signature, and what --check-config says of them. */
+static void test_trust(void)
+{
+        _cleanup_(twind_config_freep) TwindConfig *c = NULL;
+        char err[512] = "", dir[512], want[1200];
+
+        CHECK_REFUSED("[trust]\nrequire_signature = maybe\n",
+                      "2: [trust] require_signature: 'maybe' is not a boolean (yes or no)");
+        CHECK_REFUSED("[trust]\nkeyring = /x\n", "2: unknown key 'keyring' in section [trust]");
+        CHECK_VERIFY("[device]\nid = d\n[trust]\nkeys = keys.d\n",
+                     "4: [trust] keys: 'keys.d' is not an absolute path");
+        CHECK_INT_EQ(
+            load_text("[trust]\nkeys = /etc/k\nrequire_signature = yes\n", &c, err, sizeof err), 0);
+        CHECK_STR_EQ(c->trust_keys, "/etc/k");
+        CHECK(c->require_signature);
+        twind_config_free(TAKE_PTR(c));
+        CHECK_INT_EQ(load_text("[trust]\nrequire_signature = Off\n", &c, err, sizeof err), 0);
+        CHECK(!c->require_signature);
+        twind_config_free(TAKE_PTR(c));
+        /* An empty value is the default again. */
+        CHECK_INT_EQ(load_text("[trust]\nrequire_signature = on\nrequire_signature =\nkeys =\n", &c,
+                               err, sizeof err),
+                     0);
+        CHECK(!c->require_signature);
+        CHECK_STR_EQ(c->trust_keys, TWIND_SYSCONFDIR "/twind/trusted-keys.d");
+
+        /* Signatures required with no key: every document would be refused. */
+        snprintf(dir, sizeof dir, "%s/keys.d", tmpdir);
+        CHECK_INT_EQ(mkdir(dir, 0755), 0);
+        CHECK_INT_EQ(twind_config_set_string(&c->trust_keys, dir), 0);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), 0);
+        c->require_signature = true;
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -EINVAL);
+        snprintf(want, sizeof want,
+                 "%s/twind.conf:3: [trust] require_signature: signatures are required but %s holds "
+                 "no trusted key (*.pem): every desired document would be refused",
+                 tmpdir, dir);
+        CHECK_STR_EQ(err, want);
+        write_public_key(dir, "ops-2026.pem");
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), 0);
+        /* A file that is no key is named. */
+        write_file("keys.d/broken.pem",
+                   "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", 0644);
+        CHECK_INT_EQ(twind_config_check_files(c, err, sizeof err), -EINVAL);
+        snprintf(want, sizeof want,
+                 "%s/twind.conf:4: [trust] keys: %s/broken.pem: not an Ed25519 public key (PEM "
+                 "\"PUBLIC KEY\")",
+                 tmpdir, dir);
+        CHECK_STR_EQ(err, want);
+}
+
 int main(void)
 {
         if (!mkdtemp(tmpdir)) {
@@ -640,6 +714,7 @@ int main(void)
         test_origins();
         test_dialect_keys();
         test_check_files();
+        test_trust();
 
         nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
         return test_exit("test-conf");

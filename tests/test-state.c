@@ -18,9 +18,14 @@
 
 #include "json-util.h"
 #include "test-util.h"
+#include "twin-model.h"
 #include "twind-state.h"
 
 static char tmpdir[] = "/tmp/test-state-XXXXXX";
+
+/* Fingerprints of signing keys. */
+#define FP1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+#define FP2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 
 static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -116,6 +121,7 @@ static TwinState *sample_state(void)
         s->dialects =
             json_pack("{s:{s:s, s:I}}", "aws", "thing", "dev-1", "desiredVersion", (json_int_t)7);
         s->device = json_pack("{s:s, s:{s:i}}", "firmware", "1.4.2", "battery", "percent", 81);
+        CHECK_INT_EQ(twin_state_set_signer_sequence(s, FP1, 1732611718000), 0);
         return s;
 }
 
@@ -128,7 +134,8 @@ static int states_equal(const TwinState *a, const TwinState *b)
                     ? b->answered_digest && strcmp(a->answered_digest, b->answered_digest) == 0
                     : !b->answered_digest) &&
                (a->device ? b->device && json_equal(a->device, b->device) : !b->device) &&
-               (a->dialects ? b->dialects && json_equal(a->dialects, b->dialects) : !b->dialects);
+               (a->dialects ? b->dialects && json_equal(a->dialects, b->dialects) : !b->dialects) &&
+               (a->signers ? b->signers && json_equal(a->signers, b->signers) : !b->signers);
 }
 
 static int state_is_empty(const TwinState *s)
@@ -152,6 +159,8 @@ static void test_new_and_copy(void)
         json_object_set_new(json_object_get(c->applied, "nested"), "list", json_null());
         json_object_set_new(c->status, "state", json_string("failed"));
         CHECK(!states_equal(s, c));
+        CHECK_INT_EQ(twin_state_set_signer_sequence(c, FP1, 1732611718001), 0);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP1), 1732611718000);
         CHECK_STR_EQ(json_string_value(json_object_get(s->status, "state")), "success");
         CHECK(json_is_array(json_object_get(json_object_get(s->applied, "nested"), "list")));
 }
@@ -176,12 +185,15 @@ static void test_round_trip(void)
                 CHECK(json_integer_value(json_object_get(j, "reportedVersion")) == 81);
                 CHECK(json_equal(json_object_get(j, "applied"), s->applied));
                 CHECK(json_equal(json_object_get(j, "status"), s->status));
+                CHECK(json_integer_value(json_object_get(json_object_get(j, "signers"), FP1)) ==
+                      1732611718000);
         }
 
         /* Empty state: no status at all, and it comes back empty. */
         CHECK_INT_EQ(twin_state_new(&e), 0);
         CHECK_INT_EQ(twin_state_encode(e, &text2), 0);
         CHECK(!strstr(text2, "status"));
+        CHECK(!strstr(text2, "signers"));
         CHECK_INT_EQ(twin_state_decode(text2, strlen(text2), &e2, err, sizeof err), 0);
         CHECK(state_is_empty(e2));
 }
@@ -268,6 +280,20 @@ static void test_decode_refusals(void)
                              "device: not an object");
         CHECK_DECODE_REFUSED(
             "{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"device\": {\"$x\": 1}}", "device: ");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"signers\": [1]}",
+                             "signers: not an object");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
+                             ", \"signers\": {\"ops\": 1}}",
+                             "signers: a key that is not a fingerprint");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"signers\": {\"" FP1
+                             "\": 0}}",
+                             "signers: the sequence of " FP1 " is not an integer from 1 to");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"signers\": {\"" FP1
+                             "\": 4503599627370496}}",
+                             "signers: the sequence of");
+        CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"signers\": {\"" FP1
+                             "\": \"5\"}}",
+                             "signers: the sequence of");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL ", \"answered\": 1}",
                              "answered: not a digest");
         CHECK_DECODE_REFUSED("{\"format\": 1, \"applied\": {}, " GOOD_TAIL
@@ -568,6 +594,50 @@ static void test_save_failures(void)
         }
 }
 
+/* The replay guard: sequences only grow, files from before signed documents have none, and the
+ * number of keys kept is bounded. */
+static void test_signers(void)
+{
+        _cleanup_(twin_state_freep) TwinState *s = NULL, *old = NULL;
+        _cleanup_free_ char *text = NULL;
+        static const char older[] =
+            "{\"format\": 1, \"applied\": {\"configId\": 3}, " GOOD_TAIL "}";
+        char err[256] = "", fp[TWIN_DIGEST_STRING_SIZE];
+
+        CHECK_INT_EQ(twin_state_decode(older, strlen(older), &old, err, sizeof err), 0);
+        CHECK(old && !old->signers);
+        CHECK_INT_EQ(twin_state_signer_sequence(old, FP1), 0);
+
+        CHECK_INT_EQ(twin_state_new(&s), 0);
+        CHECK_INT_EQ(twin_state_set_signer_sequence(s, FP1, 5), 0);
+        CHECK_INT_EQ(twin_state_set_signer_sequence(s, FP1, 3), 0);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP1), 5);
+        CHECK_INT_EQ(twin_state_set_signer_sequence(s, FP2, 9), 0);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP2), 9);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP1), 5);
+
+        /* Full: a new key forgets the one with the lowest sequence (FP1's 5, not FP2's 9). */
+        for (int i = 0; json_object_size(s->signers) < TWIN_STATE_SIGNERS_MAX; i++) {
+                snprintf(fp, sizeof fp, "sha256:%064x", i + 16);
+                CHECK_INT_EQ(twin_state_set_signer_sequence(s, fp, 100 + i), 0);
+        }
+        CHECK_INT_EQ(twin_state_set_signer_sequence(s,
+                                                    "sha256:"
+                                                    "f"
+                                                    "000000000000000000000000000000"
+                                                    "000000000000000000000000000000000",
+                                                    7),
+                     0);
+        CHECK_INT_EQ(json_object_size(s->signers), TWIN_STATE_SIGNERS_MAX);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP1), 0);
+        CHECK_INT_EQ(twin_state_signer_sequence(s, FP2), 9);
+        /* What is saved loads again. */
+        CHECK_INT_EQ(twin_state_encode(s, &text), 0);
+        twin_state_free(TAKE_PTR(old));
+        CHECK_INT_EQ(twin_state_decode(text, strlen(text), &old, err, sizeof err), 0);
+        CHECK(old && json_equal(old->signers, s->signers));
+}
+
 int main(void)
 {
         if (!mkdtemp(tmpdir)) {
@@ -578,6 +648,7 @@ int main(void)
         test_new_and_copy();
         test_round_trip();
         test_decode_refusals();
+        test_signers();
         test_save_load();
         test_load_missing();
         test_stale_temp_removed();

@@ -654,6 +654,28 @@ static void test_properties_equal(void)
         CHECK(!twin_properties_equal(NULL, b));
 }
 
+/* The signature property is the protocol's, not a property: the apply command never gets it,
+ * the device never reports it, and a signed desired document equals what the device runs. */
+static void test_signature_property_is_no_property(void)
+{
+        _cleanup_json_ json_t *signed_doc =
+            J("{\"$version\": 2, \"configId\": 1, \"twinSignature\": {\"seq\": 1}}");
+        _cleanup_json_ json_t *applied = J("{\"configId\": 1}");
+        _cleanup_json_ json_t *props = twin_properties(signed_doc);
+        _cleanup_json_ json_t *diff = twin_diff_keys(signed_doc, applied);
+        _cleanup_json_ json_t *nested = J("{\"a\": {\"twinSignature\": 1}}");
+
+        CHECK(!twin_key_is_property("twinSignature"));
+        CHECK(!twin_key_is_property("$version"));
+        CHECK(twin_key_is_property("twinSignatures"));
+        CHECK(json_equal(props, applied));
+        CHECK(twin_properties_equal(signed_doc, applied));
+        CHECK_INT_EQ(json_array_size(diff), 0);
+        CHECK(!twin_needs_apply(props, applied));
+        /* Only the top-level member is reserved. */
+        CHECK_INT_EQ(twin_properties_validate(nested, &twin_limits_azure, err, sizeof(err)), 0);
+}
+
 int main(void)
 {
         test_parse_valid();
@@ -674,6 +696,7 @@ int main(void)
         test_config_id_to_string();
         test_digest();
         test_properties_equal();
+        test_signature_property_is_no_property();
         test_merge_patch_diff();
         test_limits();
         return test_exit("test-twin-model");

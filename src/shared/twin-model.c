@@ -8,6 +8,7 @@
 #include <time.h>
 #include <openssl/evp.h>
 
+#include "error-text.h"
 #include "json-util.h"
 #include "macro.h"
 #include "twin-model.h"
@@ -15,22 +16,6 @@
 
 /* Longest piece of untrusted text (a key, a value) quoted in an error message. */
 #define QUOTE_MAX 64
-
-static int set_err(int r, char *err, size_t errlen, const char *fmt, ...) _printf_(4, 5);
-static int set_err(int r, char *err, size_t errlen, const char *fmt, ...)
-{
-        va_list ap;
-
-        if (!err || errlen == 0)
-                return r;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-        /* Messages quote input and may be cut short; they end up in a JSON string and a log line.
-         */
-        utf8_sanitize_line(err);
-        return r;
-}
 
 bool twin_device_id_is_valid(const char *id)
 {
@@ -163,17 +148,17 @@ static int check_value(const TwinLimits *l, const json_t *v, const PathSegment *
         if (l->max_string_bytes && json_is_string(v) &&
             json_string_length(v) > l->max_string_bytes) {
                 path_format(segs, n, path, sizeof(path));
-                return set_err(-EINVAL, err, errlen,
-                               "the string at %s is %zu bytes, %s allows at most %zu", path,
-                               json_string_length(v), l->service, l->max_string_bytes);
+                return error_text(-EINVAL, err, errlen,
+                                  "the string at %s is %zu bytes, %s allows at most %zu", path,
+                                  json_string_length(v), l->service, l->max_string_bytes);
         }
         if (l->integer_range && json_is_integer(v) &&
             (json_integer_value(v) < l->integer_min || json_integer_value(v) > l->integer_max)) {
                 path_format(segs, n, path, sizeof(path));
-                return set_err(-EINVAL, err, errlen,
-                               "the integer at %s is outside the range %s allows (%" PRId64
-                               " to %" PRId64 ")",
-                               path, l->service, l->integer_min, l->integer_max);
+                return error_text(-EINVAL, err, errlen,
+                                  "the integer at %s is outside the range %s allows (%" PRId64
+                                  " to %" PRId64 ")",
+                                  path, l->service, l->integer_min, l->integer_max);
         }
         return 0;
 }
@@ -189,9 +174,9 @@ static int check_container(const TwinLimits *l, const json_t *v, unsigned depth,
 
         if (depth > l->max_depth) {
                 path_format(segs, n, path, sizeof(path));
-                return set_err(-EINVAL, err, errlen,
-                               "objects and arrays nest more than %u levels deep at %s",
-                               l->max_depth, path);
+                return error_text(-EINVAL, err, errlen,
+                                  "objects and arrays nest more than %u levels deep at %s",
+                                  l->max_depth, path);
         }
 
         if (json_is_object(v)) {
@@ -203,28 +188,28 @@ static int check_container(const TwinLimits *l, const json_t *v, unsigned depth,
 
                         if (key[0] == '$' && !version) {
                                 if (n == 0)
-                                        return set_err(-EINVAL, err, errlen,
-                                                       "property key \"%.*s\" begins with '$'",
-                                                       QUOTE_MAX, key);
+                                        return error_text(-EINVAL, err, errlen,
+                                                          "property key \"%.*s\" begins with '$'",
+                                                          QUOTE_MAX, key);
                                 path_format(segs, n, path, sizeof(path));
-                                return set_err(-EINVAL, err, errlen,
-                                               "property key \"%.*s\" at %s begins with '$'",
-                                               QUOTE_MAX, key, path);
+                                return error_text(-EINVAL, err, errlen,
+                                                  "property key \"%.*s\" at %s begins with '$'",
+                                                  QUOTE_MAX, key, path);
                         }
                         if (n == 0 && l->reserved_key && strcmp(key, l->reserved_key) == 0)
-                                return set_err(-EINVAL, err, errlen,
-                                               "property key \"%.*s\" is reserved for the "
-                                               "agent's status",
-                                               QUOTE_MAX, key);
+                                return error_text(-EINVAL, err, errlen,
+                                                  "property key \"%.*s\" is reserved for the "
+                                                  "agent's status",
+                                                  QUOTE_MAX, key);
                         if (!version && key_problem(l, key, why, sizeof(why))) {
                                 if (n == 0)
-                                        return set_err(-EINVAL, err, errlen,
-                                                       "property key \"%.*s\" %s", QUOTE_MAX, key,
-                                                       why);
+                                        return error_text(-EINVAL, err, errlen,
+                                                          "property key \"%.*s\" %s", QUOTE_MAX,
+                                                          key, why);
                                 path_format(segs, n, path, sizeof(path));
-                                return set_err(-EINVAL, err, errlen,
-                                               "property key \"%.*s\" at %s %s", QUOTE_MAX, key,
-                                               path, why);
+                                return error_text(-EINVAL, err, errlen,
+                                                  "property key \"%.*s\" at %s %s", QUOTE_MAX, key,
+                                                  path, why);
                         }
                         segs[n] = (PathSegment){ .key = key };
                         if (!json_is_object(child) && !json_is_array(child)) {
@@ -285,20 +270,20 @@ static int version_err(const json_t *v, char *err, size_t errlen)
         _cleanup_free_ char *dump = NULL;
 
         if (json_is_integer(v))
-                return set_err(
+                return error_text(
                     -EINVAL, err, errlen,
                     "\"$version\" must be a non-negative integer, got %" JSON_INTEGER_FORMAT,
                     json_integer_value(v));
         if (json_is_object(v) || json_is_array(v) || json_is_null(v))
-                return set_err(-EINVAL, err, errlen,
-                               "\"$version\" must be a non-negative integer, got %s",
-                               json_type_name(v));
+                return error_text(-EINVAL, err, errlen,
+                                  "\"$version\" must be a non-negative integer, got %s",
+                                  json_type_name(v));
         dump = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
         if (!dump)
                 return -ENOMEM;
-        return set_err(-EINVAL, err, errlen,
-                       "\"$version\" must be a non-negative integer, got %s %.*s",
-                       json_type_name(v), QUOTE_MAX, dump);
+        return error_text(-EINVAL, err, errlen,
+                          "\"$version\" must be a non-negative integer, got %s %.*s",
+                          json_type_name(v), QUOTE_MAX, dump);
 }
 
 int twin_desired_parse(const void *payload, size_t len, const TwinLimits *limits, json_t **ret,
@@ -315,23 +300,23 @@ int twin_desired_parse(const void *payload, size_t len, const TwinLimits *limits
         if (ret_version)
                 *ret_version = -1;
         if (!payload && len > 0)
-                return set_err(-EINVAL, err, errlen, "desired document is missing");
+                return error_text(-EINVAL, err, errlen, "desired document is missing");
 
         /* Checked before parsing, so the reasons are ours and precise, and jansson never sees
          * more than the limit. */
         if (len > l->max_bytes)
-                return set_err(-E2BIG, err, errlen, "desired document is %zu bytes, limit %zu", len,
-                               l->max_bytes);
+                return error_text(-E2BIG, err, errlen, "desired document is %zu bytes, limit %zu",
+                                  len, l->max_bytes);
         if (len == 0)
-                return set_err(-EINVAL, err, errlen, "desired document is empty");
+                return error_text(-EINVAL, err, errlen, "desired document is empty");
         if (memchr(payload, '\0', len)) {
                 off = (size_t)((const char *)memchr(payload, '\0', len) - (const char *)payload);
-                return set_err(-EINVAL, err, errlen,
-                               "desired document contains a NUL byte at byte offset %zu", off);
+                return error_text(-EINVAL, err, errlen,
+                                  "desired document contains a NUL byte at byte offset %zu", off);
         }
         off = utf8_invalid_offset(payload, len);
         if (off < len)
-                return set_err(-EINVAL, err, errlen, "invalid UTF-8 at byte offset %zu", off);
+                return error_text(-EINVAL, err, errlen, "invalid UTF-8 at byte offset %zu", off);
 
         doc = json_loadb(payload, len, JSON_REJECT_DUPLICATES | JSON_DECODE_ANY, &jerr);
         if (!doc) {
@@ -339,23 +324,23 @@ int twin_desired_parse(const void *payload, size_t len, const TwinLimits *limits
                 case json_error_out_of_memory:
                         return -ENOMEM;
                 case json_error_stack_overflow:
-                        return set_err(-EINVAL, err, errlen,
-                                       "objects and arrays nest more than %u levels deep",
-                                       l->max_depth);
+                        return error_text(-EINVAL, err, errlen,
+                                          "objects and arrays nest more than %u levels deep",
+                                          l->max_depth);
                 default:
-                        return set_err(
+                        return error_text(
                             -EINVAL, err, errlen,
                             "desired document is not valid JSON: %s (line %d, column %d)",
                             jerr.text, jerr.line, jerr.column);
                 }
         }
         if (!json_is_object(doc))
-                return set_err(-EINVAL, err, errlen, "desired document is %s, not an object",
-                               json_type_name(doc));
+                return error_text(-EINVAL, err, errlen, "desired document is %s, not an object",
+                                  json_type_name(doc));
 
         v = json_object_get(doc, "$version");
         if (!v)
-                return set_err(-EINVAL, err, errlen, "\"$version\" is missing");
+                return error_text(-EINVAL, err, errlen, "\"$version\" is missing");
         if (!json_is_integer(v) || json_integer_value(v) < 0)
                 return version_err(v, err, errlen);
         /* Known from here on, even if the rest is refused: the report can name the request. */
@@ -380,8 +365,8 @@ int twin_properties_validate(const json_t *props, const TwinLimits *limits, char
         _cleanup_free_ PathSegment *segs = NULL;
 
         if (!json_is_object(props))
-                return set_err(-EINVAL, err, errlen, "properties are %s, not an object",
-                               props ? json_type_name(props) : "missing");
+                return error_text(-EINVAL, err, errlen, "properties are %s, not an object",
+                                  props ? json_type_name(props) : "missing");
         segs = calloc(l->max_depth + 1, sizeof(*segs));
         if (!segs)
                 return -ENOMEM;
@@ -397,6 +382,11 @@ int64_t twin_document_version(const json_t *doc)
         return json_integer_value(v);
 }
 
+bool twin_key_is_property(const char *key)
+{
+        return key[0] != '$' && strcmp(key, TWIN_SIGNATURE_PROPERTY) != 0;
+}
+
 json_t *twin_properties(const json_t *doc)
 {
         _cleanup_json_ json_t *props = json_object();
@@ -408,7 +398,7 @@ json_t *twin_properties(const json_t *doc)
         if (!json_is_object(doc))
                 return TAKE_PTR(props);
         json_object_foreach ((json_t *)doc, key, v) {
-                if (key[0] == '$')
+                if (!twin_key_is_property(key))
                         continue;
                 /* A deep copy: the caller may patch the result without touching doc. */
                 if (json_object_set_new(props, key, json_deep_copy(v)) < 0)
@@ -428,10 +418,10 @@ bool twin_properties_equal(const json_t *a, const json_t *b)
         json_t *v;
 
         json_object_foreach ((json_t *)a, key, v)
-                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                if (twin_key_is_property(key) && !json_equal(v, json_object_get(b, key)))
                         return false;
         json_object_foreach ((json_t *)b, key, v)
-                if (key[0] != '$' && !json_object_get(a, key))
+                if (twin_key_is_property(key) && !json_object_get(a, key))
                         return false;
         return true;
 }
@@ -538,10 +528,10 @@ json_t *twin_diff_keys(const json_t *a, const json_t *b)
                 return NULL;
 
         json_object_foreach ((json_t *)a, key, v)
-                if (key[0] != '$' && !json_equal(v, json_object_get(b, key)))
+                if (twin_key_is_property(key) && !json_equal(v, json_object_get(b, key)))
                         keys[n++] = key;
         json_object_foreach ((json_t *)b, key, v)
-                if (key[0] != '$' && !json_object_get(a, key))
+                if (twin_key_is_property(key) && !json_object_get(a, key))
                         keys[n++] = key;
 
         qsort(keys, n, sizeof(char *), strcmp_ptr);

@@ -16,6 +16,9 @@
 #define TWIN_DESIRED_MAX_BYTES  (32 * 1024)
 #define TWIN_MAX_DEPTH          10
 #define TWIN_TOPIC_ROOT_DEFAULT "twins"
+/* The reserved top-level member of a desired document that holds its signature (no '$', which
+ * IoT Hub and AWS IoT refuse in names): not a property. See twin-signature.h. */
+#define TWIN_SIGNATURE_PROPERTY "twinSignature"
 
 /*
  * What a twin service accepts in a document, beyond the protocol's own rules (JSON object,
@@ -79,13 +82,17 @@ int twin_properties_validate(const json_t *props, const TwinLimits *limits, char
 /* Returns the "$version" of a document, or -1 if absent or not a non-negative integer. */
 int64_t twin_document_version(const json_t *doc);
 
-/* Returns a new object holding doc's properties without the top-level keys that start with '$'. */
+/* Whether top-level key key of a document names a property: neither a '$' key nor
+ * TWIN_SIGNATURE_PROPERTY. */
+bool twin_key_is_property(const char *key);
+
+/* Returns a new object holding doc's properties (see twin_key_is_property()). */
 json_t *twin_properties(const json_t *doc);
 
 /* Borrowed "configId" of a property object, or NULL. */
 json_t *twin_config_id(const json_t *props);
 
-/* Whether a and b hold the same properties, ignoring top-level '$' keys; NULL counts as empty. */
+/* Whether a and b hold the same properties (twin_key_is_property()); NULL counts as empty. */
 bool twin_properties_equal(const json_t *a, const json_t *b);
 
 /*
@@ -106,8 +113,8 @@ int twin_merge_patch(json_t *target, const json_t *patch);
  * (empty when they agree), or NULL on ENOMEM. */
 json_t *twin_merge_patch_diff(const json_t *from, const json_t *to);
 
-/* Returns a new array of the top-level property keys (not '$' keys) whose values differ between a
- * and b, sorted; either side may be NULL (treated as empty). */
+/* Returns a new array of the top-level property keys (twin_key_is_property()) whose values differ
+ * between a and b, sorted; either side may be NULL (treated as empty). */
 json_t *twin_diff_keys(const json_t *a, const json_t *b);
 
 /* Size of a digest string: "sha256:" and 64 hex digits, NUL-terminated. */

@@ -65,7 +65,7 @@ static json_t *pick(const json_t *doc, const char *const *keys)
 #define DIGEST_KEY "$props"
 
 /* Adds to summary o a digest of doc's properties (the members twin_properties_equal() compares:
- * those not starting with '$'), FNV-1a 64 of their compact sorted text: equal properties give
+ * twin_key_is_property()), FNV-1a 64 of their compact sorted text: equal properties give
  * equal digests, and json_equal()'s distinctions (1 against 1.0, key sets) show in the text.
  * Consumes o; NULL on ENOMEM. */
 static json_t *with_digest(json_t *o, const json_t *doc)
@@ -78,7 +78,7 @@ static json_t *with_digest(json_t *o, const json_t *doc)
         if (!o || !props)
                 goto fail;
         json_object_foreach ((json_t *)doc, key, v)
-                if (key[0] != '$' && !device_reported_is_own(doc, key) &&
+                if (twin_key_is_property(key) && !device_reported_is_own(doc, key) &&
                     json_object_set(props, key, v) < 0)
                         goto fail;
         text = json_dumps(props, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);

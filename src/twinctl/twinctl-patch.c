@@ -114,6 +114,13 @@ int twinctl_parse_pairs(const char *file, int n, char **pairs, json_t **ret,
                         json_decref(patch);
                         return -EINVAL;
                 }
+                if (json_object_get(patch, TWIN_SIGNATURE_PROPERTY)) {
+                        log_error("%s: " TWIN_SIGNATURE_PROPERTY " holds the signature, which "
+                                  "set --sign-key makes",
+                                  file);
+                        json_decref(patch);
+                        return -EINVAL;
+                }
                 has_config_id = json_object_get(patch, "configId") != NULL;
                 if (json_array_append_new(patches, patch) < 0)
                         return -ENOMEM;
@@ -151,6 +158,13 @@ int twinctl_parse_pairs(const char *file, int n, char **pairs, json_t **ret,
                 path = key_path(key);
                 if (!path)
                         return -EINVAL;
+                if (strcmp(json_string_value(json_array_get(path, 0)), TWIN_SIGNATURE_PROPERTY) ==
+                    0) {
+                        log_error("'%s': " TWIN_SIGNATURE_PROPERTY " holds the signature, which "
+                                  "set --sign-key makes",
+                                  key);
+                        return -EINVAL;
+                }
                 v = pair_value(key, eq + 1);
                 if (!v)
                         return -EINVAL;

@@ -13,10 +13,12 @@
 #include "log.h"
 #include "macro.h"
 #include "twin-model.h"
+#include "twin-signature.h"
 #include "twinctl-backend.h"
 #include "twinctl-device.h"
 #include "twinctl-output.h"
 #include "twinctl-patch.h"
+#include "twinctl-sign.h"
 #include "strv.h"
 #include "twinctl.h"
 #include "utf8.h"
@@ -457,6 +459,27 @@ static void get_print_own(const json_t *own)
         table_free(t);
 }
 
+/* Who signed the desired document, as the document says (twinctl does not verify it: the
+ * device does, against its own trusted keys). */
+static void print_signature_line(const json_t *desired)
+{
+        TwinSignature sig;
+        char err[256], until[32];
+
+        if (!json_object_get(desired, TWIN_SIGNATURE_PROPERTY))
+                return;
+        if (twin_signature_parse(desired, &sig, err, sizeof err) < 0) {
+                _cleanup_free_ char *e = output_sanitize(strdup(err));
+                printf("Signature:  (malformed: %s)\n", e ? e : "?");
+                return;
+        }
+        if (sig.not_after >= 0)
+                twin_format_time(sig.not_after, until);
+        printf("Signature:  key %s, sequence %" PRId64 ", for %s%s%s\n", sig.key_id, sig.seq,
+               sig.device_id, sig.not_after >= 0 ? ", until " : "",
+               sig.not_after >= 0 ? until : "");
+}
+
 static void get_print_human(const char *id, const json_t *desired, const json_t *reported,
                             const json_t *connection)
 {
@@ -500,6 +523,7 @@ static void get_print_human(const char *id, const json_t *desired, const json_t 
         } else
                 printf("$status:    (none)\n");
         print_version_line("Desired:    ", desired);
+        print_signature_line(desired);
         print_version_line("Reported:   ", reported);
 
         if (!dprops || !rprops || !diff || !keys)
@@ -749,6 +773,7 @@ static int set_wait(Service *s, json_t *result)
 int verb_set(int argc, char **argv, const TwinctlArgs *args)
 {
         _cleanup_(service_done) Service s = { .args = args, .wait_version = -1 };
+        _cleanup_(signer_freep) Signer *signer = NULL;
         _cleanup_json_ json_t *patches = NULL, *doc = NULL, *config_id = NULL, *parsed = NULL,
                               *result = NULL, *reported_props = NULL, *current_props = NULL,
                               *diff = NULL, *full = NULL;
@@ -773,6 +798,10 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
                 return log_error_errno(r, "Out of memory"), TWINCTL_EXIT_FAILURE;
         if (r < 0)
                 return TWINCTL_EXIT_USAGE;
+        /* Before the service: a key that cannot be used is a mistake to hear of at once. */
+        r = signer_new(args, &signer);
+        if (r < 0)
+                return r == -ENOMEM ? TWINCTL_EXIT_FAILURE : TWINCTL_EXIT_USAGE;
 
         r = service_open(&s, s.device_id, NULL, false);
         if (r != 0)
@@ -831,7 +860,14 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         }
         new_version = last_version < 0 ? 1 : last_version + 1;
 
-        /* Never send what the device would refuse (the service's size, depth and key rules). */
+        /* A signature covers the whole new document: the old one never carries over (an
+         * unsigned set removes it), and a new one is made over the merged properties. */
+        json_object_del(doc, TWIN_SIGNATURE_PROPERTY);
+        if (signer && signer_sign(signer, doc, current, s.device_id) < 0)
+                return TWINCTL_EXIT_FAILURE;
+
+        /* Never send what the device would refuse (the service's size, depth and key rules),
+         * the signature included. */
         full = json_deep_copy(doc);
         if (!full || json_object_set_new(full, "$version", json_integer(new_version)) < 0 ||
             !(payload = json_dumps_compact(full)))
@@ -839,7 +875,8 @@ int verb_set(int argc, char **argv, const TwinctlArgs *args)
         r = twin_desired_parse(payload, strlen(payload), impl->limits, &parsed, &parsed_version,
                                err, sizeof err);
         if (r < 0) {
-                log_error("refusing to send the new desired document of %s: %s", s.device_id, err);
+                log_error("refusing to send the new desired document of %s%s: %s", s.device_id,
+                          signer ? " once signed" : "", err);
                 return TWINCTL_EXIT_FAILURE;
         }
         diff = twin_merge_patch_diff(current_props, doc);

@@ -13,6 +13,7 @@
 #include "log.h"
 #include "macro.h"
 #include "twinctl-conf.h"
+#include "twin-signature.h"
 #include "twinctl-output.h"
 #include "twinctl.h"
 
@@ -46,6 +47,7 @@ enum VerbOption {
         VERB_OPTION_DEVICES = 1 << 4,
         VERB_OPTION_FILE = 1 << 5,
         VERB_OPTION_FORCE = 1 << 6,
+        VERB_OPTION_SIGN = 1 << 7,
 };
 
 typedef struct Verb {
@@ -57,7 +59,8 @@ typedef struct Verb {
 
 static const Verb verbs[] = {
         { "get", verb_get, true, 0 },
-        { "set", verb_set, true, VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION | VERB_OPTION_FILE },
+        { "set", verb_set, true,
+          VERB_OPTION_WAIT | VERB_OPTION_IF_VERSION | VERB_OPTION_FILE | VERB_OPTION_SIGN },
         { "watch", verb_watch, true, VERB_OPTION_UNTIL_CONVERGED | VERB_OPTION_DEVICES },
         { "list", verb_list, true, VERB_OPTION_FILTERS | VERB_OPTION_DEVICES },
         { "query", verb_query, true, 0 },
@@ -66,6 +69,7 @@ static const Verb verbs[] = {
         { "events", verb_events, false, 0 },
         { "reapply", verb_reapply, false, VERB_OPTION_WAIT },
         { "report", verb_report, false, VERB_OPTION_FILE },
+        { "keygen", verb_keygen, false, 0 },
 };
 
 static void help(void)
@@ -95,6 +99,11 @@ static void help(void)
                "  reapply                     Run the apply of the current desired again\n"
                "  report KEY=VALUE...         Report properties of the device itself next to\n"
                "                              the applied ones (KEY=null removes one)\n"
+               "\n"
+               "Signing keys:\n"
+               "  keygen NAME                 Make an Ed25519 key pair: NAME.key (private,\n"
+               "                              mode 0600) and NAME.pem (public, for the\n"
+               "                              devices' /etc/twind/trusted-keys.d/)\n"
                "\n");
         /* In parts: C11 compilers need not take longer string literals. */
         printf("Options:\n"
@@ -125,6 +134,12 @@ static void help(void)
                "     --if-version=N           set: only if the desired $version is N\n"
                "     --file=FILE              set, report: a JSON object merged in first (- for\n"
                "                              stdin)\n"
+               "     --sign-key=KEY.key       set: sign the new desired document with this\n"
+               "                              private key (also $TWINCTL_SIGN_KEY)\n"
+               "     --key-id=ID              set: the key id in the signature (default: the\n"
+               "                              key's fingerprint; NAME for a device's NAME.pem)\n"
+               "     --not-after=WHEN         set: the device applies it only until WHEN\n"
+               "                              (2026-12-31T23:59:59Z, or from now: 90m, 12h, 7d)\n"
                "     --until-converged        watch: exit once the device answered the\n"
                "                              current desired $version\n"
                "     --pending                list: devices not yet converged\n"
@@ -165,6 +180,8 @@ static void args_done(TwinctlArgs *a)
         free(a->azure_file);
         free(a->set_file);
         free(a->shadow);
+        free(a->sign_key);
+        free(a->key_id);
 }
 
 static int set_arg(char **dst, const char *value)
@@ -208,6 +225,33 @@ static int parse_if_version(const char *s, int64_t *ret)
         return 0;
 }
 
+/* --not-after: a UTC time as the protocol writes it, or a span from now (90m, 12h, 7d). */
+static int parse_not_after(const char *s, int64_t *ret)
+{
+        static const struct {
+                char suffix;
+                int64_t seconds;
+        } units[] = { { 's', 1 }, { 'm', 60 }, { 'h', 3600 }, { 'd', 86400 } };
+        char *end;
+        long long n;
+
+        if (twin_time_parse(s, ret) == 0)
+                return 0;
+        errno = 0;
+        n = strtoll(s, &end, 10);
+        if (errno == 0 && end != s && s[0] >= '0' && s[0] <= '9' && n > 0 && end[0] && !end[1] &&
+            n <= 100LL * 365 * 86400)
+                for (size_t i = 0; i < ARRAY_SIZE(units); i++)
+                        if (end[0] == units[i].suffix) {
+                                *ret = (int64_t)time(NULL) + n * units[i].seconds;
+                                return 0;
+                        }
+        log_error("invalid --not-after '%s': give a UTC time such as 2026-12-31T23:59:59Z, or a "
+                  "span from now such as 90m, 12h or 7d",
+                  s);
+        return -EINVAL;
+}
+
 enum {
         ARG_VERSION = 0x100,
         ARG_USERNAME,
@@ -232,6 +276,9 @@ enum {
         ARG_PROFILE,
         ARG_ONLINE,
         ARG_FILE,
+        ARG_SIGN_KEY,
+        ARG_KEY_ID,
+        ARG_NOT_AFTER,
 };
 
 /* Returns 0 to go on, 1 when --help/--version was handled, or -EINVAL on a usage error. */
@@ -267,6 +314,9 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 { "profile", required_argument, NULL, ARG_PROFILE },
                 { "online", no_argument, NULL, ARG_ONLINE },
                 { "file", required_argument, NULL, ARG_FILE },
+                { "sign-key", required_argument, NULL, ARG_SIGN_KEY },
+                { "key-id", required_argument, NULL, ARG_KEY_ID },
+                { "not-after", required_argument, NULL, ARG_NOT_AFTER },
                 { NULL, 0, NULL, 0 },
         };
         int c, r = 0;
@@ -372,6 +422,15 @@ static int parse_argv(int argc, char **argv, TwinctlArgs *a)
                 case ARG_FILE:
                         r = set_arg(&a->set_file, optarg);
                         break;
+                case ARG_SIGN_KEY:
+                        r = set_arg(&a->sign_key, optarg);
+                        break;
+                case ARG_KEY_ID:
+                        r = set_arg(&a->key_id, optarg);
+                        break;
+                case ARG_NOT_AFTER:
+                        r = parse_not_after(optarg, &a->not_after);
+                        break;
                 case ':':
                         log_error("option '%s' needs an argument", argv[optind - 1]);
                         return -EINVAL;
@@ -415,6 +474,7 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                 { VERB_OPTION_DEVICES, "--devices" },
                 { VERB_OPTION_FILE, "--file" },
                 { VERB_OPTION_FORCE, "--force" },
+                { VERB_OPTION_SIGN, "--sign-key, --key-id and --not-after" },
         };
         unsigned given = (a->wait ? VERB_OPTION_WAIT : 0) |
                          (a->has_if_version ? VERB_OPTION_IF_VERSION : 0) |
@@ -424,7 +484,8 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
                               ? VERB_OPTION_FILTERS
                               : 0) |
                          (a->list_devices ? VERB_OPTION_DEVICES : 0) |
-                         (a->set_file ? VERB_OPTION_FILE : 0) | (a->force ? VERB_OPTION_FORCE : 0);
+                         (a->set_file ? VERB_OPTION_FILE : 0) | (a->force ? VERB_OPTION_FORCE : 0) |
+                         (a->sign_key || a->key_id || a->not_after >= 0 ? VERB_OPTION_SIGN : 0);
 
         for (size_t i = 0; i < ARRAY_SIZE(names); i++)
                 if ((given & names[i].flag) && !(v->options & names[i].flag)) {
@@ -436,7 +497,7 @@ static int check_verb_options(const Verb *v, const TwinctlArgs *a)
 
 int main(int argc, char **argv)
 {
-        _cleanup_(args_done) TwinctlArgs args = { 0 };
+        _cleanup_(args_done) TwinctlArgs args = { .not_after = -1 };
         const Verb *verb = NULL;
         int r;
 
@@ -464,6 +525,18 @@ int main(int argc, char **argv)
         }
         if (check_verb_options(verb, &args) < 0)
                 return TWINCTL_EXIT_USAGE;
+        if (verb->options & VERB_OPTION_SIGN) {
+                const char *env = getenv("TWINCTL_SIGN_KEY");
+
+                /* --sign-key= (empty) signs nothing, whatever the environment says. */
+                if (!args.sign_key && env && *env && set_arg(&args.sign_key, env) < 0)
+                        return TWINCTL_EXIT_FAILURE;
+                if ((!args.sign_key || !args.sign_key[0]) && (args.key_id || args.not_after >= 0)) {
+                        log_error("--key-id and --not-after need a key to sign with: --sign-key "
+                                  "KEY (or $TWINCTL_SIGN_KEY)");
+                        return TWINCTL_EXIT_USAGE;
+                }
+        }
 
         if (verb->broker) {
                 r = twinctl_conf_load(&args, TWINCTL_CONF_PATH);

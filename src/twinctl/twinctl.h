@@ -67,6 +67,12 @@ typedef struct TwinctlArgs {
         bool list_devices; /* list --devices ID... */
         bool force;        /* delete --force */
         char *set_file;    /* set --file FILE: a JSON object as the patch ("-": stdin) */
+        /* set: sign with this private key (--sign-key, $TWINCTL_SIGN_KEY; "" or NULL: do not),
+         * under this key id (NULL: the key's fingerprint), valid until not_after (seconds since
+         * the epoch; -1: no limit) */
+        char *sign_key;
+        char *key_id;
+        int64_t not_after;
 } TwinctlArgs;
 
 /* Verbs: each returns an exit code (enum TwinctlExit). argv[0] is the verb name. */
@@ -80,6 +86,8 @@ int verb_events(int argc, char **argv, const TwinctlArgs *args);
 int verb_reapply(int argc, char **argv, const TwinctlArgs *args);
 int verb_report(int argc, char **argv, const TwinctlArgs *args);
 int verb_delete(int argc, char **argv, const TwinctlArgs *args);
+/* keygen NAME: NAME.key (the private key, mode 0600) and NAME.pem (the public key). */
+int verb_keygen(int argc, char **argv, const TwinctlArgs *args);
 
 /* Milliseconds on CLOCK_MONOTONIC. */
 uint64_t now_ms(void);

@@ -7,17 +7,20 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "broker-url.h"
 #include "conf-file.h"
+#include "config.h"
 #include "log.h"
 #include "secret-file.h"
 #include "strv.h"
 #include "twin-model.h"
 #include "twind-dialect.h"
+#include "twind-trust.h"
 
 #define USEC_PER_MSEC      UINT64_C(1000)
 #define USEC_PER_SEC       UINT64_C(1000000)
@@ -26,6 +29,7 @@
 /* IoT Hub accepts tokens of any lifetime; a year is far more than a device needs between
  * renewals and keeps the expiry arithmetic far from overflow. */
 #define TOKEN_LIFETIME_MAX (UINT64_C(365) * 24 * 3600 * USEC_PER_SEC)
+#define TRUST_KEYS_DEFAULT TWIND_SYSCONFDIR "/twind/trusted-keys.d"
 
 /* ---- the keys -------------------------------------------------------------------------------- */
 
@@ -56,6 +60,7 @@ static int parse_dialect(const ConfigKey *k, const char *value, void *field, cha
                          size_t errlen);
 static int parse_group(const ConfigKey *k, const char *value, void *field, char *err,
                        size_t errlen);
+static int parse_bool(const ConfigKey *k, const char *value, void *field, char *err, size_t errlen);
 
 #define KEY(s, n, p, f, ...)                                                                       \
         {                                                                                          \
@@ -99,6 +104,10 @@ static const ConfigKey config_keys[_TWIND_KEY_MAX] = {
         [TWIND_KEY_AWS_SHADOW] = KEY("aws", "shadow", parse_string, aws_shadow),
         [TWIND_KEY_AWS_STATUS_PROPERTY] =
             KEY("aws", "status_property", parse_string, aws_status_property, .def = "twinStatus"),
+        [TWIND_KEY_TRUST_KEYS] =
+            KEY("trust", "keys", parse_string, trust_keys, .def = TRUST_KEYS_DEFAULT),
+        [TWIND_KEY_TRUST_REQUIRE_SIGNATURE] =
+            KEY("trust", "require_signature", parse_bool, require_signature, .def = "no"),
 };
 
 static void *key_field(TwindConfig *c, enum TwindConfigKey k)
@@ -173,6 +182,26 @@ static int parse_group(const ConfigKey *k, const char *value, void *field, char 
         if (r == 0)
                 g->gid = found->gr_gid;
         return r;
+}
+
+/* yes or no, and the other spellings of systemd's booleans (true/false, on/off, 1/0). */
+static int parse_bool(const ConfigKey *k, const char *value, void *field, char *err, size_t errlen)
+{
+        static const char *const yes[] = { "yes", "true", "on", "1" };
+        static const char *const no[] = { "no", "false", "off", "0" };
+
+        for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
+                if (strcasecmp(value, yes[i]) == 0) {
+                        *(bool *)field = true;
+                        return 0;
+                }
+                if (strcasecmp(value, no[i]) == 0) {
+                        *(bool *)field = false;
+                        return 0;
+                }
+        }
+        snprintf(err, errlen, "'%s' is not a boolean (yes or no)", value);
+        return -EINVAL;
 }
 
 static int parse_seconds(const ConfigKey *k, const char *value, void *field, char *err,
@@ -600,6 +629,10 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen)
         if (!c->state_dir || c->state_dir[0] != '/')
                 return key_error(c, TWIND_KEY_STATE_DIRECTORY, err, errlen,
                                  "'%s' is not an absolute path", c->state_dir ? c->state_dir : "");
+        if (!c->trust_keys || c->trust_keys[0] != '/')
+                return key_error(c, TWIND_KEY_TRUST_KEYS, err, errlen,
+                                 "'%s' is not an absolute path",
+                                 c->trust_keys ? c->trust_keys : "");
         if (!c->control_socket || c->control_socket[0] != '/')
                 return key_error(c, TWIND_KEY_CONTROL_SOCKET, err, errlen,
                                  "'%s' is not an absolute path",
@@ -769,6 +802,29 @@ static int check_readable(const TwindConfig *c, enum TwindConfigKey key, const c
         return 0;
 }
 
+/* The trusted keys load; and signatures required with no key to check them, which the agent
+ * itself only warns about (removing the last key at a reload must still revoke it). */
+static int check_trust(const TwindConfig *c, char *err, size_t errlen)
+{
+        _cleanup_(trust_store_freep) TrustStore *t = NULL;
+        char reason[512] = "";
+        int r;
+
+        r = trust_store_load(c->trust_keys, &t, reason, sizeof reason);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0) {
+                key_error(c, TWIND_KEY_TRUST_KEYS, err, errlen, "%s", reason);
+                return r;
+        }
+        if (c->require_signature && trust_store_size(t) == 0)
+                return key_error(c, TWIND_KEY_TRUST_REQUIRE_SIGNATURE, err, errlen,
+                                 "signatures are required but %s holds no trusted key (*.pem): "
+                                 "every desired document would be refused",
+                                 c->trust_keys);
+        return 0;
+}
+
 int twind_config_check_files(const TwindConfig *c, char *err, size_t errlen)
 {
         static const struct {
@@ -790,6 +846,9 @@ int twind_config_check_files(const TwindConfig *c, char *err, size_t errlen)
                 if (r < 0)
                         return r;
         }
+        r = check_trust(c, err, errlen);
+        if (r < 0)
+                return r;
         if (is_set(c->apply_command)) {
                 _cleanup_strv_free_ char **argv = NULL;
                 struct stat st;

@@ -43,6 +43,8 @@ enum TwindConfigKey {
         TWIND_KEY_AWS_THING,
         TWIND_KEY_AWS_SHADOW,
         TWIND_KEY_AWS_STATUS_PROPERTY,
+        TWIND_KEY_TRUST_KEYS,
+        TWIND_KEY_TRUST_REQUIRE_SIGNATURE,
         _TWIND_KEY_MAX,
 };
 
@@ -99,6 +101,10 @@ typedef struct TwindConfig {
         char *aws_thing;  /* NULL: [device] id */
         char *aws_shadow; /* NULL: the classic (unnamed) shadow */
         char *aws_status_property;
+
+        /* [trust] */
+        char *trust_keys;       /* the directory of trusted public keys */
+        bool require_signature; /* apply only documents a trusted key signed */
 } TwindConfig;
 
 /* Defaults only. Returns 0 or -ENOMEM. */
@@ -124,8 +130,9 @@ int twind_config_verify(const TwindConfig *c, char *err, size_t errlen);
 
 /* Checks what a start would need from the file system, for --check-config: the apply command
  * exists and is executable, the password, CA, certificate and key files (and a dialect's own
- * files) can be read, all by the user running the check. Returns 0 or a negative errno with
- * one line in err naming the key, its origin and the file. */
+ * files) can be read, the trusted keys load (and there is one when signatures are required),
+ * all by the user running the check. Returns 0 or a negative errno with one line in err naming
+ * the key, its origin and the file. */
 int twind_config_check_files(const TwindConfig *c, char *err, size_t errlen);
 
 /* Writes where key's value came from into buf: "FILE:LINE: [section] key", "--option", or

@@ -19,6 +19,7 @@
 #include "twind-dialect.h"
 #include "twind-manager.h"
 #include "twind-state.h"
+#include "twind-trust.h"
 
 /* A desired document not acted on yet; only the newest is kept. An oversized one keeps only its
  * length (payload NULL, len over the limit). */
@@ -38,6 +39,7 @@ struct Manager {
         int64_t reported_version;
 
         TwinDialect *dialect;
+        TrustStore *trust; /* [trust] keys */
         bool connected;
         bool ever_connected;
         time_t connected_since;
@@ -47,6 +49,10 @@ struct Manager {
 
         ApplyJob *job;
         json_t *applying; /* the desired document being applied */
+        /* The signature of the document being applied, recorded with its answer (not before:
+         * a state saved meanwhile would make the document a replay of itself after a crash). */
+        bool applying_signed;
+        TrustVerdict applying_signer;
         /* Documents are acted on once the loop has read what the broker already sent (from a
          * check handle, after the I/O phase), or when the running apply ends: a burst then
          * costs one apply, not one per document. */
@@ -254,6 +260,14 @@ static int set_answered_digest(Manager *m, const char *digest)
         return 0;
 }
 
+/* Keeps the sequence of an accepted signature in the state, so that no document signed before
+ * it is accepted again, also after a restart. Saved with the answer. */
+static void record_signer(Manager *m, const TrustVerdict *v)
+{
+        if (twin_state_set_signer_sequence(m->state, v->fingerprint, v->seq) < 0)
+                log_warning_errno(-ENOMEM, "Failed to record the signature's sequence, ignoring");
+}
+
 /* Records status (stolen) as the answer to the desired request with this $version (when known)
  * and digest, saves it and publishes it. A failed save only warns: an answer that applies
  * nothing loses nothing when it is lost. */
@@ -374,7 +388,7 @@ static int report_refuse(char *err, size_t errlen, const char *fmt, ...)
 /* Whether key is a top-level property of the desired document doc (NULL: none). */
 static bool desired_has(const json_t *doc, const char *key)
 {
-        return doc && key[0] != '$' && json_object_get(doc, key);
+        return doc && twin_key_is_property(key) && json_object_get(doc, key);
 }
 
 int manager_report(Manager *m, const json_t *patch, char *err, size_t errlen)
@@ -395,6 +409,11 @@ int manager_report(Manager *m, const json_t *patch, char *err, size_t errlen)
                                              limits->service);
                 if (limits->reserved_key && strcmp(key, limits->reserved_key) == 0)
                         return report_refuse(err, errlen, "'%s' is the agent's status property",
+                                             key);
+                if (!twin_key_is_property(key))
+                        return report_refuse(err, errlen,
+                                             "'%s' is reserved for the signature of desired "
+                                             "documents",
                                              key);
                 /* The agent owns what the configuration names: a device value would hide the
                  * applied one or be taken for it. */
@@ -484,7 +503,8 @@ static void on_apply_done(ApplyJob *job, int error, const char *message, void *u
         apply_job_free(job);
 }
 
-static void start_apply(Manager *m, json_t *doc)
+/* Applies doc; signer: its accepted signature, NULL when none or already recorded (reapply). */
+static void start_apply(Manager *m, json_t *doc, const TrustVerdict *signer)
 {
         _cleanup_json_ json_t *props = twin_properties(doc);
         _cleanup_free_ char *input = NULL, *cid = NULL;
@@ -502,6 +522,9 @@ static void start_apply(Manager *m, json_t *doc)
         f = apply_fields(m, cid, version);
 
         m->applying = json_incref(doc);
+        m->applying_signed = signer != NULL;
+        if (signer)
+                m->applying_signer = *signer;
         /* A reapply asked for while another apply ran is served by this one: it applies the
          * newest desired document, which is what the reapply would have applied. */
         m->reapply_queued = false;
@@ -583,6 +606,8 @@ static void finish_apply(Manager *m, int error, const char *message)
                         m->state->desired_version = version;
                         set_status(m,
                                    make_status("success", version, config_id, NULL, NULL, false));
+                        if (m->applying_signed)
+                                record_signer(m, &m->applying_signer);
                         r = set_answered_digest(m, digest);
                         if (r >= 0)
                                 r = save_state(m);
@@ -617,10 +642,15 @@ static void finish_apply(Manager *m, int error, const char *message)
         }
         if (error == 0)
                 publish_reported(m);
-        else
+        else {
+                /* Accepted, then failed: a replay of it is refused all the same. */
+                if (m->applying_signed)
+                        record_signer(m, &m->applying_signer);
                 answer_desired(m, version, digest,
                                make_status("failed", version, config_id, NULL,
                                            message ? message : "unknown error", false));
+        }
+        m->applying_signed = false;
         if (events_wanted(m))
                 emit_event(m, CONTROL_EVENT_APPLY_FINISHED,
                            json_pack("{s:I, s:O?, s:s, s:s?}", "desiredVersion",
@@ -638,7 +668,7 @@ static void finish_apply(Manager *m, int error, const char *message)
                 manager_process_held(m);
         if (!m->applying && m->reapply_queued && m->desired) {
                 m->reapply_queued = false;
-                start_apply(m, m->desired);
+                start_apply(m, m->desired, NULL);
         }
 }
 
@@ -670,8 +700,9 @@ static bool status_is(const Manager *m, const char *state)
 }
 
 /* A refused document: report failed naming the problem, unless this very document was refused
- * last (a redelivery). */
-static void refuse_desired(Manager *m, int64_t version, const char *digest, const char *reason)
+ * last (a redelivery). config_id: the document's, when it could be read. */
+static void refuse_desired(Manager *m, int64_t version, const json_t *config_id, const char *digest,
+                           const char *reason)
 {
         const json_t *st = m->state->status;
         LogFields f = apply_fields(m, NULL, version);
@@ -698,14 +729,54 @@ static void refuse_desired(Manager *m, int64_t version, const char *digest, cons
         log_full(LOG_ERR, 0, &f, "Refusing desired document: %s", reason);
         set_last_error(m, reason);
         answer_desired(m, version, digest,
-                       make_status("failed", version, NULL, NULL, reason, false));
+                       make_status("failed", version, config_id, NULL, reason, false));
         update_status_text(m);
+}
+
+/* Whether doc may be acted on, as far as its signature goes (docs/protocol.md, "Signed desired
+ * documents"). With signatures required, 0 only when trust_check() accepts it, else -EPERM with
+ * the reason in err. Otherwise 0: a signed document is checked when there are trusted keys, and
+ * a failed check is a warning. *ret_signed says whether *verdict holds an accepted signature. */
+static int check_signature(Manager *m, const json_t *doc, int64_t version, TrustVerdict *verdict,
+                           bool *ret_signed, char *err, size_t errlen)
+{
+        bool has = json_object_get(doc, TWIN_SIGNATURE_PROPERTY) != NULL;
+        enum TwinSignatureCheck check;
+        int r;
+
+        *ret_signed = false;
+        if (!m->config->require_signature && !has)
+                return 0;
+        if (!m->config->require_signature && trust_store_size(m->trust) == 0) {
+                log_debug("Desired $version %" PRId64 " is signed; no trusted key to check it "
+                          "with, and signatures are not required",
+                          version);
+                return 0;
+        }
+        r = trust_check(m->trust, doc, device_id(m), (int64_t)time(NULL), m->state, verdict, &check,
+                        err, errlen);
+        if (r == -ENOMEM)
+                return r;
+        if (r < 0 && m->config->require_signature)
+                return r;
+        if (r < 0) {
+                log_warning("Desired $version %" PRId64 ": %s; applying it all the same, as "
+                            "[trust] require_signature is off",
+                            version, err);
+                return 0;
+        }
+        log_info("Desired $version %" PRId64 " is signed by key '%s' (sequence %" PRId64 ")",
+                 version, verdict->key_name, verdict->seq);
+        *ret_signed = true;
+        return 0;
 }
 
 static void manager_process_desired(Manager *m, const void *payload, size_t len)
 {
         _cleanup_json_ json_t *doc = NULL, *props = NULL;
         char err[512], digest[TWIN_DIGEST_STRING_SIZE];
+        TrustVerdict signer;
+        bool is_signed;
         int64_t version;
         json_t *config_id;
         int r;
@@ -724,7 +795,7 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                         r = twin_digest(what, strlen(what), digest);
                 } else
                         r = twin_digest(payload, len, digest);
-                refuse_desired(m, version, r < 0 ? NULL : digest, err);
+                refuse_desired(m, version, NULL, r < 0 ? NULL : digest, err);
                 return;
         }
         r = twin_document_digest(doc, digest);
@@ -748,13 +819,27 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                 return;
         }
 
+        /* After the redelivery rule: what was accepted stays accepted when it is delivered
+         * again, even once its key is gone or it has expired. */
+        r = check_signature(m, doc, version, &signer, &is_signed, err, sizeof err);
+        if (r == -ENOMEM) {
+                log_error_errno(r, "Failed to check the desired document's signature");
+                return;
+        }
+        if (r < 0) {
+                /* A document that was read: its configId names it in the answer too, as for a
+                 * failed apply (twinctl set --wait waits for that). */
+                refuse_desired(m, version, config_id, digest, err);
+                return;
+        }
+
         if (version < m->state->desired_version)
                 log_warning("Desired $version went backwards (%" PRId64 " after %" PRId64
                             "); the change rule decides",
                             version, m->state->desired_version);
 
         if (twin_needs_apply(props, m->state->applied)) {
-                start_apply(m, doc);
+                start_apply(m, doc, is_signed ? &signer : NULL);
                 return;
         }
 
@@ -771,6 +856,8 @@ static void manager_process_desired(Manager *m, const void *payload, size_t len)
                              ? ""
                              : "; its other properties differ, but only a new configId is "
                                "applied");
+                if (is_signed)
+                        record_signer(m, &signer);
                 answer_desired(m, version, digest,
                                make_status("success", version, config_id, NULL, NULL, true));
         }
@@ -951,6 +1038,35 @@ static int manager_setup_config(Manager *m, TwindConfig *config, char ***ret_arg
         return 0;
 }
 
+/* The trusted keys of configuration c. */
+static int manager_load_trust(Manager *m, const TwindConfig *c, TrustStore **ret)
+{
+        _cleanup_(trust_store_freep) TrustStore *t = NULL;
+        _cleanup_free_ char *names = NULL;
+        char err[1024] = "";
+        int r;
+
+        r = trust_store_load(c->trust_keys, &t, err, sizeof err);
+        if (r == -ENOMEM)
+                return log_error_errno(r, "Failed to load the trusted keys");
+        if (r < 0)
+                return log_error("[trust] keys: %s", err), r;
+        names = trust_store_describe(t);
+        if (trust_store_size(t) > 0)
+                log_info("Trusting %zu signing key%s in %s: %s", trust_store_size(t),
+                         trust_store_size(t) == 1 ? "" : "s", c->trust_keys, names ? names : "?");
+        if (c->require_signature && trust_store_size(t) == 0)
+                log_warning("[trust] require_signature is on but %s holds no trusted key "
+                            "(*.pem): every desired document will be refused",
+                            c->trust_keys);
+        else if (c->require_signature)
+                log_info("Signatures are required: only desired documents that a trusted key "
+                         "signed for %s are applied",
+                         c->device_id);
+        *ret = TAKE_PTR(t);
+        return 0;
+}
+
 /* The connection to the twin service for configuration c (not started). */
 static int manager_make_dialect(Manager *m, const TwindConfig *c, TwinDialect **ret)
 {
@@ -993,6 +1109,9 @@ int manager_new(Manager **ret, uv_loop_t *loop, TwindConfig *config, TwinState *
         m->started_usec = uv_hrtime() / 1000;
 
         r = manager_setup_config(m, config, &m->apply_argv);
+        if (r < 0)
+                return r;
+        r = manager_load_trust(m, config, &m->trust);
         if (r < 0)
                 return r;
 
@@ -1043,6 +1162,7 @@ int manager_reload(Manager *m, TwindConfig *config)
         _cleanup_(twind_config_freep) TwindConfig *c = config;
         _cleanup_strv_free_ char **argv = NULL;
         _cleanup_(twin_dialect_freep) TwinDialect *dialect = NULL;
+        _cleanup_(trust_store_freep) TrustStore *trust = NULL;
         int r;
 
         /* The device id and the state directory name what the state file means, and the control
@@ -1069,6 +1189,10 @@ int manager_reload(Manager *m, TwindConfig *config)
         r = manager_setup_config(m, c, &argv);
         if (r < 0)
                 return r;
+        /* Read again whether or not the directory changed: removing a file revokes its key. */
+        r = manager_load_trust(m, c, &trust);
+        if (r < 0)
+                return r;
 
         /* Everything that can fail comes first: on error the running configuration stays whole.
          * The new connection is kept only when some setting of it changed (the dialect, the
@@ -1081,6 +1205,8 @@ int manager_reload(Manager *m, TwindConfig *config)
 
         strv_free(m->apply_argv);
         m->apply_argv = TAKE_PTR(argv);
+        trust_store_free(m->trust);
+        m->trust = TAKE_PTR(trust);
         twind_config_free(m->config);
         m->config = TAKE_PTR(c);
 
@@ -1127,6 +1253,7 @@ void manager_shutdown(Manager *m, uint64_t deadline_ms, void (*done)(void *userd
                 log_warning("Stopping the running apply");
                 m->job = apply_job_free(m->job);
                 json_decref(TAKE_PTR(m->applying));
+                m->applying_signed = false;
         }
 
         r = twin_dialect_shutdown(m->dialect, deadline_ms, on_dialect_shut_down, m);
@@ -1196,7 +1323,8 @@ int manager_reapply(Manager *m, bool *ret_queued, int64_t *ret_version)
                 m->reapply_queued = true;
                 return 0;
         }
-        start_apply(m, m->desired);
+        /* Checked when it arrived: the device runs it, or tried to. */
+        start_apply(m, m->desired, NULL);
         return 0;
 }
 
@@ -1211,6 +1339,7 @@ Manager *manager_free(Manager *m)
                 return NULL;
         apply_job_free(m->job);
         twin_dialect_free(m->dialect);
+        trust_store_free(m->trust);
         if (m->held_check)
                 uv_close((uv_handle_t *)m->held_check, on_held_check_closed);
         if (m->report_timer)

@@ -15,6 +15,7 @@
 #include "json-util.h"
 #include "log.h"
 #include "twin-model.h"
+#include "twin-signature.h"
 
 #define STATE_TEMP_PREFIX ".state.json."
 #define KEEP_ASIDE_TRIES  100
@@ -45,6 +46,7 @@ TwinState *twin_state_free(TwinState *s)
         json_decref(s->status);
         json_decref(s->dialects);
         json_decref(s->device);
+        json_decref(s->signers);
         free(s->answered_digest);
         free(s);
         return NULL;
@@ -80,10 +82,45 @@ int twin_state_copy(const TwinState *s, TwinState **ret)
                 if (!c->device)
                         return -ENOMEM;
         }
+        if (s->signers) {
+                c->signers = json_deep_copy(s->signers);
+                if (!c->signers)
+                        return -ENOMEM;
+        }
         c->desired_version = s->desired_version;
         c->reported_version = s->reported_version;
         *ret = TAKE_PTR(c);
         return 0;
+}
+
+int64_t twin_state_signer_sequence(const TwinState *s, const char *fingerprint)
+{
+        json_t *v = json_object_get(s->signers, fingerprint);
+
+        return json_is_integer(v) ? json_integer_value(v) : 0;
+}
+
+int twin_state_set_signer_sequence(TwinState *s, const char *fingerprint, int64_t seq)
+{
+        if (seq <= twin_state_signer_sequence(s, fingerprint))
+                return 0;
+        if (!s->signers) {
+                s->signers = json_object();
+                if (!s->signers)
+                        return -ENOMEM;
+        }
+        if (!json_object_get(s->signers, fingerprint) &&
+            json_object_size(s->signers) >= TWIN_STATE_SIGNERS_MAX) {
+                const char *key, *lowest = NULL;
+                json_t *v;
+
+                json_object_foreach (s->signers, key, v)
+                        if (!lowest || json_integer_value(v) <
+                                           json_integer_value(json_object_get(s->signers, lowest)))
+                                lowest = key;
+                json_object_del(s->signers, lowest);
+        }
+        return json_object_set_new(s->signers, fingerprint, json_integer(seq)) < 0 ? -ENOMEM : 0;
 }
 
 int twin_state_encode(const TwinState *s, char **ret)
@@ -109,6 +146,9 @@ int twin_state_encode(const TwinState *s, char **ret)
                 return -ENOMEM;
         if (s->device && json_object_size(s->device) > 0 &&
             json_object_set(root, "device", s->device) < 0)
+                return -ENOMEM;
+        if (s->signers && json_object_size(s->signers) > 0 &&
+            json_object_set(root, "signers", s->signers) < 0)
                 return -ENOMEM;
 
         /* Indented: an operator may read it when something went wrong. */
@@ -137,6 +177,7 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
         _cleanup_(twin_state_freep) TwinState *s = NULL;
         _cleanup_json_ json_t *root = NULL;
         json_t *format, *applied, *desired, *reported, *status, *answered, *dialects, *device;
+        json_t *signers, *v;
         char reason[256] = "";
         json_error_t jerr;
 
@@ -218,12 +259,36 @@ int twin_state_decode(const char *text, size_t len, TwinState **ret, char *err, 
                 return decode_error(err, errlen, -EINVAL, "device: not an object");
         if (device && twin_properties_validate(device, NULL, reason, sizeof reason) < 0)
                 return decode_error(err, errlen, -EINVAL, "device: %s", reason);
+        /* Absent in files of agents before signed documents: no key seen yet. */
+        signers = json_object_get(root, "signers");
+        if (signers) {
+                const char *key;
+
+                if (!json_is_object(signers))
+                        return decode_error(err, errlen, -EINVAL, "signers: not an object");
+                if (json_object_size(signers) > TWIN_STATE_SIGNERS_MAX)
+                        return decode_error(err, errlen, -EINVAL, "signers: more than %d keys",
+                                            TWIN_STATE_SIGNERS_MAX);
+                json_object_foreach (signers, key, v) {
+                        if (!twin_digest_is_valid(key))
+                                return decode_error(err, errlen, -EINVAL,
+                                                    "signers: a key that is not a fingerprint "
+                                                    "(\"sha256:\" and 64 hex digits)");
+                        if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                            json_integer_value(v) > TWIN_SIGNATURE_SEQ_MAX)
+                                return decode_error(err, errlen, -EINVAL,
+                                                    "signers: the sequence of %s is not an "
+                                                    "integer from 1 to %" PRId64,
+                                                    key, TWIN_SIGNATURE_SEQ_MAX);
+                }
+        }
 
         s = calloc(1, sizeof(*s));
         if (!s)
                 return -ENOMEM;
         s->dialects = json_incref(dialects);
         s->device = json_incref(device);
+        s->signers = json_incref(signers);
         if (answered) {
                 s->answered_digest = strdup(json_string_value(answered));
                 if (!s->answered_digest)

@@ -22,6 +22,9 @@
  * that arithmetic cannot overflow (a tampered or corrupt file must not cause undefined
  * behaviour). */
 #define TWIN_STATE_REPORTED_VERSION_MAX (INT64_MAX / 2)
+/* Signing keys whose last sequence number the file keeps; past this many the lowest sequence
+ * is forgotten (a key rotated out long ago). */
+#define TWIN_STATE_SIGNERS_MAX 1024
 
 typedef struct TwinState {
         json_t *applied;          /* applied properties (object, never NULL) */
@@ -38,6 +41,10 @@ typedef struct TwinState {
         /* The properties the device reports itself (twinctl report), published next to the
          * applied ones; NULL when none. */
         json_t *device;
+        /* The last signature sequence number accepted from each signing key, by the key's
+         * fingerprint ("sha256:..." -> integer), so that an old signed document is refused as
+         * a replay, also after a restart; NULL when none. */
+        json_t *signers;
 } TwinState;
 
 /* Empty state: applied {}, desired_version -1, reported_version 0, status NULL. */
@@ -47,6 +54,14 @@ DEFINE_FREE_FUNC(TwinState, twin_state_free)
 
 /* A deep copy (for keeping the old state while a save is attempted). */
 int twin_state_copy(const TwinState *s, TwinState **ret);
+
+/* The last sequence number accepted from the key with this fingerprint; 0 when none. */
+int64_t twin_state_signer_sequence(const TwinState *s, const char *fingerprint);
+
+/* Records seq as the last one accepted from the key with this fingerprint (when above the one
+ * kept), forgetting the key with the lowest sequence past TWIN_STATE_SIGNERS_MAX keys. Returns 0
+ * or -ENOMEM. */
+int twin_state_set_signer_sequence(TwinState *s, const char *fingerprint, int64_t seq);
 
 /* Pure: serialise to a malloc'd NUL-terminated JSON text. Returns 0 or -ENOMEM. */
 int twin_state_encode(const TwinState *s, char **ret);

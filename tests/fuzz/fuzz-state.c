@@ -33,7 +33,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             s->desired_version != again->desired_version ||
             s->reported_version != again->reported_version ||
             (s->status ? !again->status || !json_equal(s->status, again->status)
-                       : again->status != NULL))
+                       : again->status != NULL) ||
+            (s->signers && json_object_size(s->signers) > 0
+                 ? !again->signers || !json_equal(s->signers, again->signers)
+                 : again->signers != NULL))
                 abort();
         return 0;
 }

@@ -124,6 +124,13 @@ def test_configuration_keys_and_limits_are_refused(agent, service, running):
     assert report(agent, "$x=1").returncode == EXIT_USAGE
     reply = raw_request(agent, {"method": "report", "params": {"properties": {"$x": 1}}})
     assert reply["error"]["name"] == "Refused", reply
+    # twinSignature holds the signature of desired documents (docs/protocol.md).
+    r = report(agent, "twinSignature=1")
+    assert r.returncode == EXIT_USAGE and "holds the signature" in r.stderr, r.stderr
+    reply = raw_request(agent, {"method": "report",
+                                "params": {"properties": {"twinSignature": 1}}})
+    assert reply["error"]["name"] == "Refused", reply
+    assert "reserved for the signature" in reply["error"]["message"], reply
     twinlib.settle(0.3)
     assert all("blob" not in d and "mode" not in own(d) for d in service.reported_since(mark))
     assert "device" not in agent.read_state()
