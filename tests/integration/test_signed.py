@@ -195,3 +195,16 @@ def test_no_trusted_keys_with_signatures_required_refuses_everything(twin):
     stranger, _ = twin.keygen("stranger")
     out = twin.set("mode=eco", key=stranger, expect=3)
     refused(twin, out["version"], "unknown key")
+
+
+def test_known_answer_vectors_are_the_second_implementations():
+    """The vectors test-twin-signature holds the C code to are what twinsign.py (written from
+    docs/protocol.md) makes today: a change to either side that the other does not share fails
+    here or in the unit test. Ed25519 signatures are deterministic, so the text is too."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    r = subprocess.run(["/usr/bin/python3", os.path.join(here, "twinsign.py"), "--vectors"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with open(os.path.join(here, "..", "twin-signature-vectors.json")) as f:
+        committed = json.load(f)
+    assert json.loads(r.stdout) == committed
