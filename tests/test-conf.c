@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,17 +10,13 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "test-tmpdir.h"
 #include "test-util.h"
 #include "twin-signature.h"
 #include "twind-conf.h"
 #include "twind-dialect.h"
 
 static char tmpdir[] = "/tmp/test-conf-XXXXXX";
-
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
 
 /* Writes content to tmpdir/name and returns the path (static buffer per call site is enough). */
 static const char *write_file(const char *name, const char *content, mode_t mode)
@@ -716,6 +711,6 @@ int main(void)
         test_check_files();
         test_trust();
 
-        nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_remove_tree(tmpdir);
         return test_exit("test-conf");
 }

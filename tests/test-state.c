@@ -8,7 +8,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +16,7 @@
 #include <unistd.h>
 
 #include "json-util.h"
+#include "test-tmpdir.h"
 #include "test-util.h"
 #include "twin-model.h"
 #include "twind-state.h"
@@ -27,24 +27,9 @@ static char tmpdir[] = "/tmp/test-state-XXXXXX";
 #define FP1 "sha256:1111111111111111111111111111111111111111111111111111111111111111"
 #define FP2 "sha256:2222222222222222222222222222222222222222222222222222222222222222"
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
-
-/* A fresh empty directory under tmpdir. */
 static const char *new_dir(const char *name)
 {
-        static char path[8][512];
-        static int next;
-        char *p = path[next++ % 8];
-
-        snprintf(p, 512, "%s/%s", tmpdir, name);
-        if (mkdir(p, 0700) < 0) {
-                perror(p);
-                exit(2);
-        }
-        return p;
+        return test_subdir(tmpdir, name, 0700);
 }
 
 static void write_text(const char *dir, const char *name, const char *text, size_t len)
@@ -656,6 +641,6 @@ int main(void)
         test_unreadable_left_alone();
         test_save_failures();
 
-        nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_remove_tree(tmpdir);
         return test_exit("test-state");
 }

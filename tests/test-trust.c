@@ -3,7 +3,6 @@
  * that can fail, in its order, with the error a user reads in $status. */
 
 #include <errno.h>
-#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 #include <unistd.h>
 
 #include "json-util.h"
+#include "test-tmpdir.h"
 #include "test-util.h"
 #include "twind-trust.h"
 
@@ -20,23 +20,9 @@ static char tmpdir[] = "/tmp/test-trust-XXXXXX";
 static EVP_PKEY *key_a, *key_b, *key_c; /* a and b are trusted, c is not */
 static char fp_a[TWIN_DIGEST_STRING_SIZE], fp_b[TWIN_DIGEST_STRING_SIZE];
 
-static int rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
-
 static const char *new_dir(const char *name)
 {
-        static char path[8][512];
-        static int next;
-        char *p = path[next++ % 8];
-
-        snprintf(p, 512, "%s/%s", tmpdir, name);
-        if (mkdir(p, 0755) < 0) {
-                perror(p);
-                exit(2);
-        }
-        return p;
+        return test_subdir(tmpdir, name, 0755);
 }
 
 static void write_text(const char *dir, const char *name, const char *text)
@@ -312,6 +298,6 @@ int main(void)
         EVP_PKEY_free(key_a);
         EVP_PKEY_free(key_b);
         EVP_PKEY_free(key_c);
-        nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+        test_remove_tree(tmpdir);
         return test_exit("test-trust");
 }

@@ -5,18 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz-util.h"
 #include "control-protocol.h"
 #include "json-util.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define REQUIRE(expr)                                                                              \
-        do {                                                                                       \
-                if (!(expr)) {                                                                     \
-                        fprintf(stderr, "invariant failed: %s\n", #expr);                          \
-                        abort();                                                                   \
-                }                                                                                  \
-        } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

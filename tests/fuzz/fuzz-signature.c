@@ -8,18 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz-util.h"
 #include "json-util.h"
 #include "twin-signature.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define REQUIRE(expr)                                                                              \
-        do {                                                                                       \
-                if (!(expr)) {                                                                     \
-                        fprintf(stderr, "invariant failed: %s\n", #expr);                          \
-                        abort();                                                                   \
-                }                                                                                  \
-        } while (0)
 
 static EVP_PKEY *key;
 
