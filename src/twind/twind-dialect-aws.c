@@ -473,7 +473,8 @@ static void handle_documents(AwsDialect *a, json_t *body)
         aws_pump(a);
 }
 
-static void aws_message(TwinDialect *d, const char *topic, const void *payload, size_t len)
+static void aws_message(TwinDialect *d, const char *topic, const void *payload, size_t len,
+                        bool retained)
 {
         AwsDialect *a = aws(d);
         _cleanup_json_ json_t *body = json_loadb(payload, len, 0, NULL);

@@ -549,7 +549,8 @@ static void handle_desired_patch(AzureDialect *a, const char *topic, const void 
         emit_desired(a);
 }
 
-static void azure_message(TwinDialect *d, const char *topic, const void *payload, size_t len)
+static void azure_message(TwinDialect *d, const char *topic, const void *payload, size_t len,
+                          bool retained)
 {
         AzureDialect *a = azure(d);
 

@@ -35,7 +35,10 @@ typedef struct TwinDialectImpl {
         void (*connected)(TwinDialect *d);
         /* Optional: the connection is gone; forget what belonged to it. */
         void (*disconnected)(TwinDialect *d);
-        void (*message)(TwinDialect *d, const char *topic, const void *payload, size_t len);
+        /* A message on a subscribed topic; retained: it came from the broker's retained store
+         * for a new subscription, not live. */
+        void (*message)(TwinDialect *d, const char *topic, const void *payload, size_t len,
+                        bool retained);
         /* Optional: a publish was acknowledged. */
         void (*published)(TwinDialect *d, int mid);
         /* Optional: the SUBACK of a dialect_subscribe() arrived; granted is false when the

@@ -2,7 +2,9 @@
 /*
  * The standard dialect of docs/protocol.md on any MQTT broker: {root}/{id}/desired (subscribed),
  * {root}/{id}/reported and {root}/{id}/connection (published, retained, QoS 1), with the
- * connection document doubling as the MQTT will.
+ * connection document doubling as the MQTT will. The connection document is subscribed to as
+ * well: a broker that publishes a stale will while the device is connected (a cluster node
+ * that declared another dead) is answered with the online document again.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -17,11 +19,17 @@
 
 #define OFFLINE_DOCUMENT "{\"state\":\"offline\"}"
 
+/* Online documents sent again on one connection at most, should something keep answering them
+ * with offline ones. */
+#define REANNOUNCE_MAX 5
+
 typedef struct StandardDialect {
         TwinDialect base;
         char *topic_desired;
         char *topic_reported;
         char *topic_connection;
+        char *online; /* the online document of this connection; NULL while not connected */
+        unsigned reannounced;
 } StandardDialect;
 
 static StandardDialect *standard(TwinDialect *d)
@@ -29,34 +37,89 @@ static StandardDialect *standard(TwinDialect *d)
         return (StandardDialect *)d;
 }
 
+static void publish_online(StandardDialect *s)
+{
+        int r = mqtt_client_publish(s->base.client, s->topic_connection, s->online,
+                                    strlen(s->online), 1, true, NULL);
+
+        if (r < 0)
+                log_warning_errno(r, "Failed to publish connection state, ignoring");
+}
+
 static void standard_connected(TwinDialect *d)
 {
         StandardDialect *s = standard(d);
         char since[32], agent[64];
-        _cleanup_free_ char *online = NULL;
         int r;
 
         r = dialect_subscribe(d, s->topic_desired, 1, NULL);
         if (r < 0)
                 log_warning_errno(r, "Failed to subscribe to %s, ignoring", s->topic_desired);
+        /* Not through dialect_subscribe(): a broker whose ACL lets the device write its
+         * connection document but not read it (an older mosquitto-twins.acl) refuses this one,
+         * and that is no problem, only the loss of the stale-will repair. */
+        r = mqtt_client_subscribe(d->client, s->topic_connection, 0, NULL);
+        if (r < 0)
+                log_full(LOG_DEBUG, r, NULL, "Failed to subscribe to %s, ignoring",
+                         s->topic_connection);
 
         twin_format_time(-1, since);
         snprintf(agent, sizeof(agent), "twind %s", TWIND_VERSION);
         _cleanup_json_ json_t *doc =
             json_pack("{s:s, s:s, s:s}", "state", "online", "since", since, "agent", agent);
-        online = doc ? json_dumps_compact(doc) : NULL;
-        if (online) {
-                r = mqtt_client_publish(d->client, s->topic_connection, online, strlen(online), 1,
-                                        true, NULL);
-                if (r < 0)
-                        log_warning_errno(r, "Failed to publish connection state, ignoring");
-        }
+        free(s->online);
+        s->online = doc ? json_dumps_compact(doc) : NULL;
+        s->reannounced = 0;
+        if (s->online)
+                publish_online(s);
 }
 
-static void standard_message(TwinDialect *d, const char *topic, const void *payload, size_t len)
+static void standard_disconnected(TwinDialect *d)
 {
         StandardDialect *s = standard(d);
 
+        free(s->online);
+        s->online = NULL;
+}
+
+/* The device's own connection document, live: an offline one while this connection is up is a
+ * will the broker published late (a cluster node that took the device's old node for dead), or
+ * someone else's mistake. The retained one a new subscription brings is the previous
+ * connection's, which the online document just sent replaces anyway. */
+static void connection_message(StandardDialect *s, const void *payload, size_t len, bool retained)
+{
+        _cleanup_json_ json_t *doc = NULL;
+        const char *state;
+
+        if (retained || len == 0 || !s->online)
+                return;
+        doc = json_loadb(payload, len, 0, NULL);
+        state = json_string_value(json_object_get(doc, "state"));
+        if (!state || strcmp(state, "offline") != 0)
+                return;
+        if (s->reannounced >= REANNOUNCE_MAX) {
+                if (s->reannounced++ == REANNOUNCE_MAX)
+                        log_warning("%s keeps publishing this device's connection document as "
+                                    "offline while it is connected; no longer answering it",
+                                    mqtt_client_address(s->base.client));
+                return;
+        }
+        s->reannounced++;
+        log_notice("%s published this device's connection document as offline while it is "
+                   "connected (a stale will?); announcing online again",
+                   mqtt_client_address(s->base.client));
+        publish_online(s);
+}
+
+static void standard_message(TwinDialect *d, const char *topic, const void *payload, size_t len,
+                             bool retained)
+{
+        StandardDialect *s = standard(d);
+
+        if (strcmp(topic, s->topic_connection) == 0) {
+                connection_message(s, payload, len, retained);
+                return;
+        }
         if (strcmp(topic, s->topic_desired) != 0)
                 return;
         /* An empty retained payload is how MQTT deletes a retained message: the service side
@@ -144,6 +207,7 @@ static void standard_free(TwinDialect *d)
         free(s->topic_desired);
         free(s->topic_reported);
         free(s->topic_connection);
+        free(s->online);
         free(s);
 }
 
@@ -226,6 +290,7 @@ const TwinDialectImpl twind_dialect_standard = {
         .limits = &twin_limits_standard,
         .new = standard_new,
         .connected = standard_connected,
+        .disconnected = standard_disconnected,
         .message = standard_message,
         .check_reported = standard_check_reported,
         .publish_reported = standard_publish_reported,

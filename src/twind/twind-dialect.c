@@ -113,7 +113,7 @@ static void on_message(MqttClient *c, const char *topic, const void *payload, si
         TwinDialect *d = userdata;
 
         if (!d->shutting_down)
-                d->impl->message(d, topic, payload, len);
+                d->impl->message(d, topic, payload, len, retained);
 }
 
 static void on_published(MqttClient *c, int mid, void *userdata)

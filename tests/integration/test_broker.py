@@ -2,6 +2,8 @@
 """The broker comes and goes: the agent reconnects and republishes from local state, survives
 a broker that is down at start, and its MQTT will reports it offline when it vanishes."""
 
+import json
+
 import twinlib
 from twinlib import props, settle, start_agent
 
@@ -65,6 +67,51 @@ def test_will_reports_offline_when_agent_vanishes(agent, service):
     # The will names when the lost connection began: the device was seen after that.
     assert set(will) == {"state", "connectedSince"} and will["state"] == "offline", will
     assert online["state"] == "online" and will["connectedSince"] <= online["since"], (will, online)
+
+
+def publish_connection(service, doc):
+    """Publishes on the device's connection topic, retained, as a broker publishing a will."""
+    info = service.client.publish(service.t_connection, json.dumps(doc).encode(), qos=1,
+                                  retain=True)
+    info.wait_for_publish(10)
+    assert info.is_published()
+
+
+def test_a_stale_offline_while_connected_is_answered_with_online(agent, service):
+    """A cluster node that took the device's old node for dead publishes the device's will
+    while it is connected elsewhere (tests/brokers/test_aedes_cluster.py): the agent sends its
+    online document again, a bounded number of times per connection. The retained offline
+    that a new connection finds (the last run's goodbye) costs no second online document."""
+    agent.start()
+    service.wait_connection("online")
+    mark = service.connection_mark()
+    agent.stop()
+    service.wait_connection("offline", mark)
+    cmark = service.connection_mark()
+    agent.start()
+    service.wait_connection("online", cmark)
+    settle(0.5)
+    onlines = [d for d in service.connection_since(cmark) if d.get("state") == "online"]
+    assert len(onlines) == 1, service.connection_since(cmark)
+
+    for i in range(REANNOUNCE_MAX):
+        mark = service.connection_mark()
+        publish_connection(service, {"state": "offline"})
+        service.wait_connection("online", mark + 1)
+        # The same document as at the connection's start: the device did not reconnect.
+        assert service.connection_since(mark)[-1] == onlines[0], service.connection_since(mark)
+    assert agent.log_text().count("announcing online again") == REANNOUNCE_MAX
+    # Past the bound it stops answering and says so once.
+    mark = service.connection_mark()
+    publish_connection(service, {"state": "offline"})
+    publish_connection(service, {"state": "offline"})
+    settle(1)
+    assert [d["state"] for d in service.connection_since(mark)] == ["offline", "offline"]
+    assert agent.log_text().count("no longer answering it") == 1, agent.log_tail()
+    agent.assert_alive()
+
+
+REANNOUNCE_MAX = 5
 
 
 def test_two_agents_with_the_same_device_id_are_told_apart(agent, service, broker, tmp_path):
