@@ -15,7 +15,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 
 import twinlib  # noqa: E402
-from twinlib import free_port, poll, port_accepts, tail  # noqa: E402
+from twinlib import free_port, poll, port_accepts, tail, terminate  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 AEDES_DIR = os.path.join(HERE, "aedes")
@@ -64,13 +64,7 @@ class Process:
     def stop(self, timeout=30.0):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, timeout)
         self._reap_session()
         self.proc = None
 

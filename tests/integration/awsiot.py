@@ -14,7 +14,6 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import ssl
 import subprocess
 import threading
@@ -25,7 +24,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
-from twinlib import SCALE, WAIT, poll, tail
+from twinlib import SCALE, WAIT, poll, tail, terminate
 
 TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EMULATOR_DIR = os.path.join(TOP, "tests", "emulators", "aws-iot")
@@ -185,12 +184,7 @@ class AwsIotEmulator:
     def stop(self, timeout=10.0):
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc, timeout)
         self._release()
 
     def kill(self):

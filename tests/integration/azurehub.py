@@ -15,7 +15,6 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import ssl
 import subprocess
 import threading
@@ -26,6 +25,7 @@ import uuid
 import paho.mqtt.client as mqtt
 
 from certs import make_ca, make_cert
+from twinlib import terminate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMULATOR_DIR = os.path.normpath(os.path.join(HERE, "..", "emulators", "azure-iothub"))
@@ -173,13 +173,7 @@ class AzureHub:
     def stop(self, timeout=10.0):
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc, timeout)
         for f in (self.proc.stdin, self.proc.stdout):
             f.close()
         self.proc = None

@@ -53,6 +53,17 @@ def port_accepts(port):
         return False
 
 
+def terminate(proc, timeout=10.0):
+    """Ends proc: SIGTERM, and SIGKILL when it has not exited after timeout seconds; reaped."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def tail(path, lines=40):
     try:
         with open(path, "rb") as f:
@@ -114,12 +125,7 @@ class Broker:
     def stop(self, timeout=10.0):
         if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        terminate(self.proc, timeout)
         self.proc = None
         # The port must be free again before a restart on it.
         poll(lambda: not port_accepts(self.port), 5.0)
